@@ -1,0 +1,210 @@
+//! One function per subcommand.
+
+use burn::prelude::*;
+use serde_json::json;
+
+use super::{DataAction, DataCommand, EvalArgs, SummaryArgs, TrainArgs};
+use crate::data::batcher::Batcher;
+use crate::data::{self, download, files};
+use crate::error::{Error, Result};
+use crate::evaluation::evaluate;
+use crate::fsio;
+use crate::training::config::Provenance;
+use crate::training::progress::{Console, final_report};
+use crate::training::{self, RunDir};
+
+/// The Burn version fmnist is pinned to (Cargo.toml: `burn = "=0.22.1"`).
+pub const BURN_VERSION: &str = "0.22.1";
+
+/// The compute device: the first GPU backend compiled in, else flex on the CPU.
+pub fn device() -> Device {
+    Device::default()
+}
+
+fn backend_name() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "wgpu") {
+        "wgpu"
+    } else {
+        "flex"
+    }
+}
+
+pub fn data(args: DataCommand) -> Result<()> {
+    if let Some(DataAction::Download { dir, mirror }) = args.action {
+        let dir = dir.unwrap_or_else(files::cache_dir);
+        let mirror = mirror
+            .or(args.data.mirror)
+            .unwrap_or_else(download::default_mirror);
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let outcomes = download::download_all(&dir, &mirror, progress)?;
+        for (spec, outcome) in outcomes {
+            let what = match outcome {
+                download::Outcome::Present => "already present, verified",
+                download::Outcome::Downloaded => "downloaded, verified",
+            };
+            println!("{}: {what}", dir.join(spec.gz_name()).display());
+        }
+        return Ok(());
+    }
+    let location = files::locate(args.data.data_dir.as_deref())?.ok_or_else(|| {
+        Error::DataNotFound(format!(
+            "Fashion-MNIST not found (looked in ${}, {} and {}); {}",
+            files::DATA_ENV,
+            files::cache_dir().display(),
+            files::SYSTEM_DIR,
+            files::INSTALL_HINT
+        ))
+    })?;
+    let started = std::time::Instant::now();
+    let dataset = data::load(location, !args.data.no_verify)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let verified: Vec<String> = dataset.verified.iter().map(|v| format!("{v:?}")).collect();
+    if args.json {
+        let out = json!({
+            "dir": dataset.location.dir,
+            "origin": dataset.location.origin.to_string(),
+            "train": dataset.train.len(),
+            "test": dataset.test.len(),
+            "files": files::FILES.iter().zip(&verified).map(|(f, v)| json!({"name": f.name, "verified": v})).collect::<Vec<_>>(),
+            "load_seconds": seconds,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "Fashion-MNIST in {} (from {})",
+        dataset.location.dir.display(),
+        dataset.location.origin
+    );
+    for (spec, v) in files::FILES.iter().zip(&dataset.verified) {
+        let status = match v {
+            files::Verified::OfficialGz => "SHA-256 matches the official file",
+            files::Verified::Decompressed => "SHA-256 of the decompressed bytes matches",
+            files::Verified::Unchecked => "not verified (--no-verify)",
+        };
+        println!("  {:<26} {status}", spec.name);
+    }
+    let (mean, std) = dataset.train.pixel_stats();
+    println!(
+        "  {} training and {} test images, 28x28, 10 classes; pixel mean {mean:.4}, std {std:.4}; loaded in {seconds:.2}s",
+        dataset.train.len(),
+        dataset.test.len()
+    );
+    Ok(())
+}
+
+pub fn summary(args: SummaryArgs) -> Result<()> {
+    let config = args.recipe.resolve()?;
+    let summary = config.model.summary();
+    if args.json {
+        let out = json!({
+            "layers": summary.layers,
+            "total_params": summary.total_params(),
+            "trainable_params": summary.trainable_params(),
+            "non_trainable_params": summary.non_trainable_params(),
+        });
+        println!("{out}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let mut config = args.recipe.resolve()?;
+    let dataset = data::obtain(&args.data.options())?;
+    let run = RunDir::create(
+        &args.runs_dir,
+        args.name.as_deref(),
+        &args.recipe.label(),
+        args.overwrite,
+    )?;
+    config.provenance = Some(Provenance {
+        fmnist_version: env!("CARGO_PKG_VERSION").into(),
+        burn_version: BURN_VERSION.into(),
+        backend: backend_name().into(),
+        threads: rayon::current_num_threads(),
+        preset: args.recipe.label(),
+        data_dir: dataset.location.dir.display().to_string(),
+    });
+    run.write_config(&config)?;
+    let summary = config.model.summary();
+    fsio::write_text(&run.file("summary.txt"), &format!("{summary}\n"))?;
+    if !args.quiet {
+        println!("{summary}");
+        println!(
+            "Training {} on {} images, validating on {} ({} threads, seed {}); run directory {}",
+            run.name(),
+            dataset.train.len(),
+            if config.data.val_split > 0.0 {
+                format!("{:.0}% of the training set", config.data.val_split * 100.0)
+            } else {
+                "the test set".into()
+            },
+            rayon::current_num_threads(),
+            config.seed,
+            run.path.display()
+        );
+    }
+    let mut console = Console::new(args.quiet);
+    let result = training::train(&config, &dataset, &run, &device(), &mut console)?;
+    println!("{}", final_report(&config, &result, &run.path));
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let run = RunDir::open(&args.run)?;
+    let config = run.read_config()?;
+    let dataset = data::obtain(&args.data.options())?;
+    let device = device();
+    let model = run.load_weights(config.model.init(&device), args.weights)?;
+    let train_pixels = if config.data.val_split > 0.0 {
+        dataset.train.clone().split_last(config.data.val_split).0
+    } else {
+        dataset.train.clone()
+    };
+    let batcher = Batcher::new(config.data.normalization, train_pixels.pixel_stats());
+    let scores = evaluate(
+        &model,
+        &dataset.test,
+        &batcher,
+        &device,
+        config.eval_batch_size,
+    );
+    if args.json {
+        let out = json!({
+            "run": run.path,
+            "weights": args.weights.file_name(),
+            "loss": scores.loss,
+            "accuracy": scores.accuracy,
+            "per_class": scores.per_class(),
+            "confusion": scores.confusion,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "{} ({}) on the {} test images: loss {:.4}, accuracy {:.4}",
+        run.path.display(),
+        args.weights.file_name(),
+        dataset.test.len(),
+        scores.loss,
+        scores.accuracy
+    );
+    println!("\nPer-class accuracy:");
+    for c in scores.per_class() {
+        println!(
+            "  {:>2} {:<12} {:>6.2}%  ({}/{})",
+            c.class,
+            c.name,
+            c.accuracy * 100.0,
+            c.correct,
+            c.total
+        );
+    }
+    println!("\nConfusion matrix (rows: true class, columns: predicted):");
+    print!("{}", scores.confusion_table());
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The `fmnist` command line: argument definitions here, one handler per subcommand in
+//! [`commands`].
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::data::DataOptions;
+use crate::error::{Error, Result};
+use crate::model::{ActivationKind, Arch};
+use crate::training::Weights;
+use crate::training::config::TrainConfig;
+use crate::training::optimizer::OptimizerKind;
+use crate::training::schedule::ScheduleKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fmnist",
+    version,
+    about = "Train, compare and explain deep-learning models on Fashion-MNIST"
+)]
+pub struct Cli {
+    /// Worker threads for tensor operations (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show where the dataset is and verify it; `data download` fetches it.
+    Data(DataCommand),
+    /// Print a Keras-style summary of a model.
+    Summary(SummaryArgs),
+    /// Train a model and save the run in runs/<name>/.
+    Train(TrainArgs),
+    /// Evaluate a saved run on the test set.
+    Eval(EvalArgs),
+}
+
+/// Where to find the data.
+#[derive(Debug, Clone, Args, Default)]
+pub struct DataArgs {
+    /// Directory holding the four IDX files (.gz or decompressed); nothing else is searched.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Never download the dataset.
+    #[arg(long)]
+    pub offline: bool,
+    /// Skip SHA-256 verification (the IDX structure is still checked).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Base URL to download from (default: $FMNIST_MIRROR or the official host).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+}
+
+impl DataArgs {
+    pub fn options(&self) -> DataOptions {
+        DataOptions {
+            data_dir: self.data_dir.clone(),
+            offline: self.offline,
+            no_verify: self.no_verify,
+            mirror: self.mirror.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DataCommand {
+    #[command(subcommand)]
+    pub action: Option<DataAction>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataAction {
+    /// Download the four files over HTTPS, verify them and store them atomically.
+    Download {
+        /// Destination directory (default: the user cache, ~/.cache/fmnist/fashion-mnist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Base URL to download from (default: $FMNIST_MIRROR or the official host).
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
+}
+
+/// A training recipe: a preset or TOML file, then flag overrides.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RecipeArgs {
+    /// Start from a shipped preset (seed-linear, seed-mlp).
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// Start from a TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Model family.
+    #[arg(long, value_enum, value_name = "ARCH")]
+    pub model: Option<ArchArg>,
+    /// Hidden layer widths, comma-separated (for example 60,60).
+    #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
+    pub hidden: Option<Vec<usize>>,
+    /// Hidden-layer activation: relu, elu, selu, tanh, sigmoid, gelu, leaky-relu.
+    #[arg(long, value_name = "NAME")]
+    pub activation: Option<ActivationKind>,
+    /// Dropout rate after each hidden layer.
+    #[arg(long, value_name = "RATE")]
+    pub dropout: Option<f64>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Seeds initialisation, shuffling and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Optimiser.
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub optimizer: Option<OptimizerArg>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Use Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long, value_name = "L2")]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub schedule: Option<ScheduleArg>,
+    /// Hold-decay schedule: epochs at the base rate.
+    #[arg(long, value_name = "E")]
+    pub hold_epochs: Option<usize>,
+    /// Hold-decay schedule: per-epoch multiplier after the hold.
+    #[arg(long)]
+    pub factor: Option<f64>,
+    /// Hold out this fraction of the training set for validation instead of the test set.
+    #[arg(long, value_name = "F")]
+    pub val_split: Option<f64>,
+    /// Standardise pixels with the training mean and deviation instead of scaling to [0, 1].
+    #[arg(long)]
+    pub standardize: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ArchArg {
+    Linear,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+    Adamw,
+    Rmsprop,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    HoldDecay,
+    Step,
+    Cosine,
+}
+
+impl RecipeArgs {
+    /// The preset or file (default: `seed-mlp`), with every given flag applied, validated.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let mut c = match (&self.preset, &self.config) {
+            (_, Some(path)) => TrainConfig::load(path)?,
+            (Some(name), None) => TrainConfig::preset(name)?,
+            (None, None) => TrainConfig::preset("seed-mlp")?,
+        };
+        c.provenance = None;
+        if let Some(arch) = self.model {
+            c.model.arch = match arch {
+                ArchArg::Linear => Arch::Linear,
+                ArchArg::Mlp => Arch::Mlp,
+            };
+            if c.model.arch == Arch::Linear {
+                c.model.hidden.clear();
+            }
+        }
+        if let Some(hidden) = &self.hidden {
+            c.model.hidden = hidden.clone();
+        }
+        set(&mut c.model.activation, self.activation);
+        set(&mut c.model.dropout, self.dropout);
+        set(&mut c.epochs, self.epochs);
+        set(&mut c.batch_size, self.batch_size);
+        set(&mut c.seed, self.seed);
+        if let Some(o) = self.optimizer {
+            c.optimizer.name = match o {
+                OptimizerArg::Sgd => OptimizerKind::Sgd,
+                OptimizerArg::Adam => OptimizerKind::Adam,
+                OptimizerArg::Adamw => OptimizerKind::Adamw,
+                OptimizerArg::Rmsprop => OptimizerKind::Rmsprop,
+            };
+        }
+        set(&mut c.optimizer.lr, self.lr);
+        set(&mut c.optimizer.momentum, self.momentum);
+        c.optimizer.nesterov |= self.nesterov;
+        set(&mut c.optimizer.weight_decay, self.weight_decay);
+        if let Some(s) = self.schedule {
+            c.schedule.name = match s {
+                ScheduleArg::Constant => ScheduleKind::Constant,
+                ScheduleArg::HoldDecay => ScheduleKind::HoldDecay,
+                ScheduleArg::Step => ScheduleKind::Step,
+                ScheduleArg::Cosine => ScheduleKind::Cosine,
+            };
+        }
+        set(&mut c.schedule.hold_epochs, self.hold_epochs);
+        set(&mut c.schedule.factor, self.factor);
+        set(&mut c.data.val_split, self.val_split);
+        if self.standardize {
+            c.data.normalization = crate::data::batcher::Normalization::Standardize;
+        }
+        c.validate().map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("invalid option: {msg}")),
+            other => other,
+        })?;
+        Ok(c)
+    }
+
+    /// A short label for generated run names.
+    pub fn label(&self) -> String {
+        if let Some(p) = &self.preset {
+            return p.clone();
+        }
+        if let Some(path) = &self.config {
+            return path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+        }
+        "seed-mlp".into()
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Print the table as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run name: the results go to <runs-dir>/<name>/ (default: <preset>-<n>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory holding run directories.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    pub runs_dir: PathBuf,
+    /// Replace an existing run directory of the same name.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print only the final report.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run directory to evaluate.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Which weights to evaluate.
+    #[arg(long, value_enum, default_value = "best")]
+    pub weights: Weights,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the command line, runs the command and returns the exit code. Errors are printed as
+/// one line on stderr.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            return Err(Error::Usage("--threads 0: give at least 1 thread".into()));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+    }
+    match cli.command {
+        Command::Data(args) => commands::data(args),
+        Command::Summary(args) => commands::summary(args),
+        Command::Train(args) => commands::train(args),
+        Command::Eval(args) => commands::eval(args),
+    }
+}

@@ -1,0 +1,112 @@
+//! Scoring a model on a split: loss, accuracy, per-class accuracy and the confusion matrix.
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use serde::Serialize;
+
+use crate::data::batcher::Batcher;
+use crate::data::{CLASS_NAMES, NUM_CLASSES, Split};
+use crate::model::Model;
+
+/// Predictions and their scores on a split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Predicted class per example, in split order.
+    #[serde(skip)]
+    pub predictions: Vec<u8>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: [[usize; NUM_CLASSES]; NUM_CLASSES],
+}
+
+/// One class's accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub class: usize,
+    pub name: &'static str,
+    pub correct: usize,
+    pub total: usize,
+    pub accuracy: f64,
+}
+
+/// Runs `model` (without autodiff) over `split` in batches of `batch_size`.
+pub fn evaluate(
+    model: &Model,
+    split: &Split,
+    batcher: &Batcher,
+    device: &Device,
+    batch_size: usize,
+) -> Evaluation {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut loss_sum = 0.0f64;
+    let mut predictions = Vec::with_capacity(split.len());
+    let mut start = 0;
+    while start < split.len() {
+        let end = (start + batch_size).min(split.len());
+        let batch = batcher.range(split, start, end, device);
+        let logits = model.forward(batch.images);
+        let loss = loss_fn.forward(logits.clone(), batch.targets);
+        loss_sum += loss.into_scalar::<f64>() * (end - start) as f64;
+        let predicted = logits.argmax(1).into_data();
+        predictions.extend(predicted.iter::<i64>().map(|p| p as u8));
+        start = end;
+    }
+    let mut confusion = [[0usize; NUM_CLASSES]; NUM_CLASSES];
+    for (&truth, &pred) in split.labels.iter().zip(&predictions) {
+        confusion[truth as usize][pred as usize] += 1;
+    }
+    let correct: usize = (0..NUM_CLASSES).map(|c| confusion[c][c]).sum();
+    let n = split.len().max(1) as f64;
+    Evaluation {
+        loss: loss_sum / n,
+        accuracy: correct as f64 / n,
+        predictions,
+        confusion,
+    }
+}
+
+impl Evaluation {
+    /// Accuracy per true class.
+    pub fn per_class(&self) -> Vec<ClassScore> {
+        (0..NUM_CLASSES)
+            .map(|c| {
+                let total: usize = self.confusion[c].iter().sum();
+                let correct = self.confusion[c][c];
+                ClassScore {
+                    class: c,
+                    name: CLASS_NAMES[c],
+                    correct,
+                    total,
+                    accuracy: if total == 0 {
+                        0.0
+                    } else {
+                        correct as f64 / total as f64
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The confusion matrix as a text table, rows true classes, columns predictions.
+    pub fn confusion_table(&self) -> String {
+        let short: Vec<String> = CLASS_NAMES
+            .iter()
+            .map(|n| n.chars().take(7).collect())
+            .collect();
+        let mut out = format!("{:>12}", "true \\ pred");
+        for s in &short {
+            out.push_str(&format!("{s:>8}"));
+        }
+        out.push('\n');
+        for (c, row) in self.confusion.iter().enumerate() {
+            out.push_str(&format!("{:>12}", CLASS_NAMES[c]));
+            for v in row {
+                out.push_str(&format!("{v:>8}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}

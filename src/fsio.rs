@@ -1,0 +1,78 @@
+//! Atomic file writes: write a temporary file in the same directory, fsync it, rename it over the
+//! destination, then fsync the directory. A crash at any instant leaves either the old file or the
+//! new one, never a torn one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Temporary path beside `path`, unique to this process.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, err));
+    }
+    commit(&tmp, path)
+}
+
+/// Renames a finished, fsynced temporary file onto `path` and fsyncs the directory.
+pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    if let Err(err) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(Error::io(path, err));
+    }
+    sync_dir(path);
+    Ok(())
+}
+
+/// Fsyncs the directory holding `path`, so that a rename survives a power cut. Best effort.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+    {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Writes a string to `path` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    write_text(path, &(text + "\n"))
+}
+
+/// Reads a whole file, mapping errors to [`Error::Io`].
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads a whole UTF-8 file, mapping errors to [`Error::Io`].
+pub fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,163 @@
+//! The multi-layer perceptron; with no hidden layer it is the linear softmax model.
+
+use burn::module::Param;
+use burn::nn::activation::{Activation, ActivationConfig};
+use burn::nn::{self, Dropout, DropoutConfig, EluConfig, LeakyReluConfig, Linear};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::summary::{LayerRow, Summary};
+use crate::data::{NUM_CLASSES, PIXELS};
+
+/// Activation functions for hidden layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationKind {
+    Relu,
+    Elu,
+    Selu,
+    Tanh,
+    Sigmoid,
+    Gelu,
+    /// Leaky ReLU with negative slope 0.01 (PyTorch's default).
+    LeakyRelu,
+}
+
+impl ActivationKind {
+    /// Every activation, in the order the study compares them.
+    pub const ALL: [ActivationKind; 7] = [
+        ActivationKind::Elu,
+        ActivationKind::Relu,
+        ActivationKind::Selu,
+        ActivationKind::Tanh,
+        ActivationKind::Sigmoid,
+        ActivationKind::Gelu,
+        ActivationKind::LeakyRelu,
+    ];
+
+    /// The name used in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationKind::Relu => "relu",
+            ActivationKind::Elu => "elu",
+            ActivationKind::Selu => "selu",
+            ActivationKind::Tanh => "tanh",
+            ActivationKind::Sigmoid => "sigmoid",
+            ActivationKind::Gelu => "gelu",
+            ActivationKind::LeakyRelu => "leaky-relu",
+        }
+    }
+
+    /// Burn's layer for this activation.
+    pub fn init(self, device: &Device) -> Activation {
+        let config = match self {
+            ActivationKind::Relu => ActivationConfig::Relu,
+            ActivationKind::Elu => EluConfig::new().into(),
+            ActivationKind::Selu => ActivationConfig::Selu,
+            ActivationKind::Tanh => ActivationConfig::Tanh,
+            ActivationKind::Sigmoid => ActivationConfig::Sigmoid,
+            ActivationKind::Gelu => ActivationConfig::Gelu,
+            ActivationKind::LeakyRelu => LeakyReluConfig::new().into(),
+        };
+        config.init(device)
+    }
+}
+
+impl std::str::FromStr for ActivationKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ActivationKind::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ActivationKind::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "unknown activation {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// A dense layer as Keras initialises it: Glorot-uniform kernel, zero bias.
+pub fn dense(d_input: usize, d_output: usize, device: &Device) -> Linear {
+    let weight = nn::Initializer::XavierUniform { gain: 1.0 }.init_with(
+        [d_input, d_output],
+        Some(d_input),
+        Some(d_output),
+        device,
+    );
+    Linear {
+        weight,
+        bias: Some(Param::from_tensor(Tensor::zeros([d_output], device))),
+    }
+}
+
+/// Flatten -> (Dense -> activation -> dropout) per hidden layer -> Dense(10).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    hidden: Vec<Linear>,
+    output: Linear,
+    activation: Activation,
+    dropout: Dropout,
+}
+
+impl Mlp {
+    /// An MLP with the given hidden widths; `hidden = []` gives the linear model.
+    pub fn new(
+        hidden: &[usize],
+        activation: ActivationKind,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        let mut width = PIXELS;
+        let mut layers = Vec::with_capacity(hidden.len());
+        for &h in hidden {
+            layers.push(dense(width, h, device));
+            width = h;
+        }
+        Mlp {
+            hidden: layers,
+            output: dense(width, NUM_CLASSES, device),
+            activation: activation.init(device),
+            dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    /// # Shapes
+    ///   - images: `[batch, 1, 28, 28]`
+    ///   - output: `[batch, 10]` logits
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x: Tensor<2> = images.flatten(1, 3); // [batch, 784]
+        for layer in &self.hidden {
+            x = self.activation.forward(layer.forward(x)); // [batch, hidden]
+            x = self.dropout.forward(x);
+        }
+        self.output.forward(x) // [batch, 10]
+    }
+}
+
+/// The Keras-style summary of an MLP with these settings.
+pub fn summary(hidden: &[usize], activation: ActivationKind, dropout: f64) -> Summary {
+    let mut summary = Summary::new("sequential");
+    summary.push(LayerRow::new("Flatten", vec![PIXELS], 0));
+    let mut width = PIXELS;
+    for &h in hidden {
+        summary.push(LayerRow::new("Dense", vec![h], width * h + h).with_note(activation.name()));
+        if dropout > 0.0 {
+            summary
+                .push(LayerRow::new("Dropout", vec![h], 0).with_note(&format!("rate {dropout}")));
+        }
+        width = h;
+    }
+    summary.push(
+        LayerRow::new(
+            "Dense",
+            vec![NUM_CLASSES],
+            width * NUM_CLASSES + NUM_CLASSES,
+        )
+        .with_note("softmax"),
+    );
+    summary
+}

@@ -1,0 +1,224 @@
+//! The training configuration: one TOML document (see `presets/`), with defaults next to each
+//! struct. Unknown keys and wrong types are errors that name the key and line.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::OptimizerConfig;
+use super::schedule::ScheduleConfig;
+use crate::data::batcher::Normalization;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// Presets shipped with fmnist, by name.
+pub const PRESETS: [(&str, &str); 2] = [
+    (
+        "seed-linear",
+        include_str!("../../presets/seed-linear.toml"),
+    ),
+    ("seed-mlp", include_str!("../../presets/seed-mlp.toml")),
+];
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Pixel scaling.
+    pub normalization: Normalization,
+    /// Fraction of the training set held out for validation (the last examples, as Keras's
+    /// `validation_split`); 0 validates on the test set every epoch, as the study does.
+    pub val_split: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            normalization: Normalization::Scale,
+            val_split: 0.0,
+        }
+    }
+}
+
+/// What produced a run, recorded in its `config.toml`; ignored when a configuration is read back
+/// for training.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Provenance {
+    pub fmnist_version: String,
+    pub burn_version: String,
+    pub backend: String,
+    pub threads: usize,
+    pub preset: String,
+    pub data_dir: String,
+}
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seeds weight initialisation, shuffling and dropout.
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Batch size for evaluation (memory only; results do not depend on it).
+    pub eval_batch_size: usize,
+    pub model: ModelConfig,
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleConfig,
+    pub data: DataConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+impl Default for TrainConfig {
+    /// The study's MLP recipe (`seed-mlp`).
+    fn default() -> Self {
+        TrainConfig {
+            seed: 42,
+            epochs: 50,
+            batch_size: 1024,
+            eval_batch_size: 2000,
+            model: ModelConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            data: DataConfig::default(),
+            provenance: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let config: TrainConfig = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+        config
+            .validate()
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::fsio::read_text(path)?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// A shipped preset by name.
+    pub fn preset(name: &str) -> Result<Self> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            Error::Config(format!(
+                "unknown preset {name:?}: expected one of {}",
+                names.join(", ")
+            ))
+        })?;
+        Self::from_toml(text, &format!("preset {name}"))
+    }
+
+    /// Checks every value range; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::Config("epochs = 0: must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Config("batch_size = 0: must be at least 1".into()));
+        }
+        if self.eval_batch_size == 0 {
+            return Err(Error::Config(
+                "eval_batch_size = 0: must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.data.val_split) {
+            return Err(Error::Config(format!(
+                "data.val_split = {}: must be at least 0 and below 1",
+                self.data.val_split
+            )));
+        }
+        self.model.validate()?;
+        self.optimizer.validate()?;
+        self.schedule.validate()
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a TrainConfig always serialises to TOML")
+    }
+
+    /// The configuration without its provenance, for comparing two runs' recipes.
+    pub fn recipe(&self) -> TrainConfig {
+        TrainConfig {
+            provenance: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// One line naming the file, line and column, and what is wrong.
+pub fn toml_error(origin: &str, input: &str, err: &toml::de::Error) -> Error {
+    let message = err.message().trim().replace('\n', " ");
+    let location = match err.span() {
+        Some(span) => {
+            let before = &input[..span.start.min(input.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(":{line}:{column}")
+        }
+        None => String::new(),
+    };
+    Error::Config(format!("{origin}{location}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_match_the_study() {
+        let mlp = TrainConfig::preset("seed-mlp").unwrap();
+        assert_eq!(mlp.epochs, 50);
+        assert_eq!(mlp.model.hidden, vec![60, 60]);
+        assert_eq!(mlp.schedule.hold_epochs, 30);
+        assert_eq!(mlp.schedule.factor, 0.98);
+        let linear = TrainConfig::preset("seed-linear").unwrap();
+        assert_eq!(linear.epochs, 300);
+        assert!(linear.model.hidden.is_empty());
+        assert_eq!(linear.schedule.hold_epochs, 150);
+        assert_eq!(linear.schedule.factor, 0.9875);
+        assert_eq!(linear.optimizer.lr, 0.05);
+        assert_eq!(linear.optimizer.momentum, 0.95);
+        assert_eq!(linear.batch_size, 1024);
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_name_the_line() {
+        let err =
+            TrainConfig::from_toml("epochs = 3\n[model]\nhiden = [1]\n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("x.toml:3:"), "{msg}");
+        assert!(msg.contains("hiden"), "{msg}");
+        let err = TrainConfig::from_toml("epochs = \"ten\"\n", "y.toml").unwrap_err();
+        assert!(err.to_string().starts_with("y.toml:1:"), "{err}");
+        let err = TrainConfig::from_toml("[optimizer]\nlr = -1.0\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("optimizer.lr = -1"), "{err}");
+        let err = TrainConfig::from_toml("[model]\ndropout = 1.0\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("model.dropout"), "{err}");
+        let err = TrainConfig::from_toml("batch_size = 0\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("batch_size = 0"), "{err}");
+        let err =
+            TrainConfig::from_toml("[model]\nactivation = \"swish\"\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("swish"), "{err}");
+    }
+
+    #[test]
+    fn round_trip_through_toml() {
+        let mut c = TrainConfig::preset("seed-linear").unwrap();
+        c.provenance = Some(Provenance {
+            threads: 2,
+            ..Default::default()
+        });
+        let back = TrainConfig::from_toml(&c.to_toml(), "back").unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.recipe(), TrainConfig::preset("seed-linear").unwrap());
+    }
+}

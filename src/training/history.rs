@@ -1,0 +1,158 @@
+//! Per-epoch history: what Keras's `History` holds, plus timings, written as CSV and JSON.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::fsio;
+
+/// One epoch's metrics. `val_*` are on the validation data (the test set unless a validation
+/// split is configured).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub lr: f64,
+    /// Mean training loss over the epoch's batches (weighted by batch size).
+    pub loss: f64,
+    /// Training accuracy over the epoch.
+    pub acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Seconds spent training (not evaluating) in this epoch.
+    pub seconds: f64,
+    /// Seconds spent evaluating on the validation data.
+    pub eval_seconds: f64,
+}
+
+/// All epochs of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub epochs: Vec<EpochRecord>,
+}
+
+const CSV_HEADER: &str = "epoch,lr,loss,acc,val_loss,val_acc,seconds,eval_seconds";
+
+impl History {
+    /// The epoch with the lowest validation loss (the first one on ties).
+    pub fn best(&self) -> Option<&EpochRecord> {
+        self.epochs
+            .iter()
+            .fold(None, |best: Option<&EpochRecord>, r| match best {
+                Some(b) if b.val_loss <= r.val_loss => Some(b),
+                _ => Some(r),
+            })
+    }
+
+    pub fn last(&self) -> Option<&EpochRecord> {
+        self.epochs.last()
+    }
+
+    /// Steady-state seconds per training epoch: the median of epochs 2..N (epoch 1 includes
+    /// warm-up), or epoch 1's time for a one-epoch run.
+    pub fn steady_seconds_per_epoch(&self) -> f64 {
+        let mut times: Vec<f64> = self.epochs.iter().skip(1).map(|r| r.seconds).collect();
+        if times.is_empty() {
+            return self.epochs.first().map_or(0.0, |r| r.seconds);
+        }
+        times.sort_by(f64::total_cmp);
+        let mid = times.len() / 2;
+        if times.len() % 2 == 1 {
+            times[mid]
+        } else {
+            (times[mid - 1] + times[mid]) / 2.0
+        }
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(CSV_HEADER);
+        out.push('\n');
+        for r in &self.epochs {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{:.6},{:.6}\n",
+                r.epoch, r.lr, r.loss, r.acc, r.val_loss, r.val_acc, r.seconds, r.eval_seconds
+            ));
+        }
+        out
+    }
+
+    /// Parses the CSV written by [`History::to_csv`].
+    pub fn from_csv(text: &str) -> std::result::Result<Self, String> {
+        let mut lines = text.lines();
+        if lines.next().map(str::trim) != Some(CSV_HEADER) {
+            return Err(format!("the first line is not `{CSV_HEADER}`"));
+        }
+        let mut epochs = Vec::new();
+        for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split(',').collect();
+            let bad = || format!("line {}: expected 8 numeric fields", n + 2);
+            if f.len() != 8 {
+                return Err(bad());
+            }
+            let num = |i: usize| f[i].trim().parse::<f64>().map_err(|_| bad());
+            epochs.push(EpochRecord {
+                epoch: f[0].trim().parse().map_err(|_| bad())?,
+                lr: num(1)?,
+                loss: num(2)?,
+                acc: num(3)?,
+                val_loss: num(4)?,
+                val_acc: num(5)?,
+                seconds: num(6)?,
+                eval_seconds: num(7)?,
+            });
+        }
+        Ok(History { epochs })
+    }
+
+    /// Writes `history.csv` and `history.json` into `dir`, atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fsio::write_text(&dir.join("history.csv"), &self.to_csv())?;
+        fsio::write_json(&dir.join("history.json"), self)
+    }
+
+    /// Reads `history.json` from a run directory.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("history.json");
+        let text = fsio::read_text(&path)?;
+        serde_json::from_str(&text).map_err(|e| crate::Error::Run {
+            path,
+            reason: format!("not a valid history file ({e})"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: usize, val_loss: f64, seconds: f64) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            lr: 0.05,
+            loss: 1.0 / epoch as f64,
+            acc: 0.5,
+            val_loss,
+            val_acc: 0.5,
+            seconds,
+            eval_seconds: 0.01,
+        }
+    }
+
+    #[test]
+    fn best_and_steady_time() {
+        let h = History {
+            epochs: vec![
+                rec(1, 0.9, 5.0),
+                rec(2, 0.5, 1.0),
+                rec(3, 0.5, 3.0),
+                rec(4, 0.7, 2.0),
+            ],
+        };
+        assert_eq!(h.best().unwrap().epoch, 2);
+        assert_eq!(h.steady_seconds_per_epoch(), 2.0);
+        let back = History::from_csv(&h.to_csv()).unwrap();
+        assert_eq!(back.epochs.len(), 4);
+        assert_eq!(back.epochs[1].val_loss, 0.5);
+    }
+}

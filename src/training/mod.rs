@@ -1,0 +1,16 @@
+//! Training: configuration ([`config`]), optimisers ([`optimizer`]), learning-rate schedules
+//! ([`schedule`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
+//! history ([`history`]) and run directories ([`run_dir`]).
+
+pub mod config;
+pub mod history;
+pub mod optimizer;
+pub mod progress;
+pub mod run_dir;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use history::{EpochRecord, History};
+pub use run_dir::{RunDir, RunResult, Weights};
+pub use trainer::{Reporter, train};

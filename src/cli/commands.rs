@@ -8,7 +8,6 @@ use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
 use crate::evaluation::evaluate;
-use crate::fsio;
 use crate::training::config::Provenance;
 use crate::training::progress::{Console, final_report};
 use crate::training::{self, RunDir};
@@ -129,11 +128,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         preset: args.recipe.label(),
         data_dir: dataset.location.dir.display().to_string(),
     });
-    run.write_config(&config)?;
-    let summary = config.model.summary();
-    fsio::write_text(&run.file("summary.txt"), &format!("{summary}\n"))?;
     if !args.quiet {
-        println!("{summary}");
+        println!("{}", config.model.summary());
         println!(
             "Training {} on {} images, validating on {} ({} threads, seed {}); run directory {}",
             run.name(),

@@ -113,7 +113,7 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "NAME")]
     pub activation: Option<ActivationKind>,
     /// Dropout rate after each hidden layer.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, allow_negative_numbers = true, value_name = "RATE")]
     pub dropout: Option<f64>,
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -126,14 +126,14 @@ pub struct RecipeArgs {
     #[arg(long, value_enum, value_name = "NAME")]
     pub optimizer: Option<OptimizerArg>,
     /// Base learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
     /// Use Nesterov momentum (SGD).
     #[arg(long)]
     pub nesterov: bool,
-    #[arg(long, value_name = "L2")]
+    #[arg(long, allow_negative_numbers = true, value_name = "L2")]
     pub weight_decay: Option<f64>,
     /// Learning-rate schedule.
     #[arg(long, value_enum, value_name = "NAME")]
@@ -142,10 +142,10 @@ pub struct RecipeArgs {
     #[arg(long, value_name = "E")]
     pub hold_epochs: Option<usize>,
     /// Hold-decay schedule: per-epoch multiplier after the hold.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub factor: Option<f64>,
     /// Hold out this fraction of the training set for validation instead of the test set.
-    #[arg(long, value_name = "F")]
+    #[arg(long, allow_negative_numbers = true, value_name = "F")]
     pub val_split: Option<f64>,
     /// Standardise pixels with the training mean and deviation instead of scaling to [0, 1].
     #[arg(long)]
@@ -301,6 +301,7 @@ pub struct EvalArgs {
 /// Parses the command line, runs the command and returns the exit code. Errors are printed as
 /// one line on stderr.
 pub fn main() -> i32 {
+    crate::fsio::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

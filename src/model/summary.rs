@@ -91,11 +91,13 @@ impl Summary {
 
 fn snake_case(kind: &str) -> String {
     let mut out = String::new();
-    for (i, c) in kind.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 && !kind[..i].ends_with(|p: char| p.is_ascii_digit()) {
+    let mut previous: Option<char> = None;
+    for c in kind.chars() {
+        if c.is_ascii_uppercase() && previous.is_some_and(|p| !p.is_ascii_digit()) {
             out.push('_');
         }
         out.push(c.to_ascii_lowercase());
+        previous = Some(c);
     }
     out
 }
@@ -105,7 +107,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -49,7 +49,11 @@ pub fn derive_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
 const STREAM_SHUFFLE: u64 = 1;
 const STREAM_DEVICE: u64 = 2;
 
-/// Trains `config` on `data`, writing history, weights and result into `run`.
+/// Trains `config` on `data`, writing the configuration, model summary, history, weights and
+/// result into `run`.
+///
+/// The run is reproducible from `config.seed` for a given thread count. Burn's device random
+/// generator is process-wide, so train one model at a time per process.
 /// `device` is a plain (non-autodiff) device; training uses its autodiff form.
 pub fn train(
     config: &TrainConfig,
@@ -59,6 +63,11 @@ pub fn train(
     reporter: &mut dyn Reporter,
 ) -> Result<RunResult> {
     let started = Instant::now();
+    run.write_config(config)?;
+    crate::fsio::write_text(
+        &run.file("summary.txt"),
+        &format!("{}\n", config.model.summary()),
+    )?;
     let (train_split, val_split): (Split, Split) = if config.data.val_split > 0.0 {
         data.train.clone().split_last(config.data.val_split)
     } else {

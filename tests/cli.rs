@@ -1,0 +1,185 @@
+//! The `fmnist` binary: exit codes and one-line errors for bad input, summaries, a short run.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn fmnist(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args(args)
+        .env_remove("FMNIST_DATA")
+        .output()
+        .expect("the fmnist binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exit code 2 and exactly one line on stderr, starting with `error:`, containing `needle`.
+fn assert_usage_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error:"), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn missing_data_directory_is_a_one_line_error_with_exit_code_2() {
+    let out = fmnist(&[
+        "train",
+        "--data-dir",
+        "/nonexistent/fmnist-data",
+        "--epochs",
+        "1",
+    ]);
+    assert_usage_error(&out, "/nonexistent/fmnist-data");
+    assert!(stderr(&out).contains("dataset-fashion-mnist"));
+    let out = fmnist(&["data", "--data-dir", "/nonexistent/fmnist-data"]);
+    assert_usage_error(&out, "does not exist");
+}
+
+#[test]
+fn summaries_count_parameters_like_keras() {
+    let out = fmnist(&["summary", "--model", "linear"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("Total params: 7,850 (30.66 KB)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = fmnist(&["summary", "--model", "mlp", "--hidden", "60,60"]);
+    let text = stdout(&out);
+    assert!(text.contains("Total params: 51,370 (200.66 KB)"), "{text}");
+    assert!(text.contains("dense_1 (Dense)"), "{text}");
+    assert!(text.contains("(None, 60)"), "{text}");
+}
+
+#[test]
+fn bad_values_are_refused_with_exit_code_2() {
+    assert_usage_error(&fmnist(&["summary", "--lr", "-1"]), "optimizer.lr = -1");
+    assert_usage_error(&fmnist(&["summary", "--dropout", "1"]), "model.dropout = 1");
+    assert_usage_error(&fmnist(&["summary", "--epochs", "0"]), "epochs = 0");
+    assert_usage_error(
+        &fmnist(&["summary", "--preset", "nope"]),
+        "unknown preset \"nope\"",
+    );
+    let out = fmnist(&["summary", "--activation", "swish"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown activation"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = common::TempDir::new("cli-config");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "epochs = 3\n[optimizer]\nlearning_rate = 0.1\n").unwrap();
+    assert_usage_error(
+        &fmnist(&["summary", "--config", bad.to_str().unwrap()]),
+        "bad.toml:3:",
+    );
+}
+
+#[test]
+fn train_then_eval_and_refuse_to_overwrite() {
+    let data = common::real_data_dir();
+    let runs = common::TempDir::new("cli-runs");
+    let args = [
+        "train",
+        "--preset",
+        "seed-linear",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+        "--name",
+        "lin",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let out = fmnist(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Epoch 2/2 - "), "{text}");
+    assert!(text.contains("val_acc: "), "{text}");
+    assert!(text.contains("Best epoch"), "{text}");
+    let run = runs.path().join("lin");
+    for file in [
+        "config.toml",
+        "history.csv",
+        "history.json",
+        "model-best.bpk",
+        "model-last.bpk",
+        "summary.txt",
+        "result.json",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // The same name again is refused, and the run is left as it was.
+    assert_usage_error(&fmnist(&args), "already exists");
+    assert!(run.join("model-best.bpk").is_file());
+
+    let out = fmnist(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Ankle boot"), "{text}");
+    assert!(text.contains("Confusion matrix"), "{text}");
+
+    assert_usage_error(
+        &fmnist(&["eval", "--run", "/nonexistent/run"]),
+        "not a run directory",
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_history_and_another_seed_does_not() {
+    let data = common::real_data_dir();
+    let runs = common::TempDir::new("cli-seed");
+    let history = |name: &str, seed: &str| {
+        let out = fmnist(&[
+            "--threads",
+            "2",
+            "train",
+            "--epochs",
+            "2",
+            "--dropout",
+            "0.2",
+            "--seed",
+            seed,
+            "--quiet",
+            "--name",
+            name,
+            "--runs-dir",
+            runs.path().to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let csv = std::fs::read_to_string(runs.path().join(name).join("history.csv")).unwrap();
+        // Everything but the two timing columns.
+        csv.lines()
+            .map(|l| l.split(',').take(6).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
+    let a = history("a", "42");
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, history("b", "42"));
+    assert_ne!(a, history("c", "7"));
+    let config = std::fs::read_to_string(runs.path().join("a").join("config.toml")).unwrap();
+    assert!(
+        config.contains("seed = 42") && config.contains("threads = 2"),
+        "{config}"
+    );
+}

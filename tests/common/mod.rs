@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fmnist::data::idx::IdxArray;
+
+/// The real dataset's directory: `FMNIST_DATA` or the Debian package's. Tests that need it fail
+/// (they do not skip) when it is absent: `.ci/run` installs it.
+pub fn real_data_dir() -> PathBuf {
+    let dir = std::env::var_os("FMNIST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    assert!(
+        dir.join("train-images-idx3-ubyte.gz").is_file()
+            || dir.join("train-images-idx3-ubyte").is_file(),
+        "the real Fashion-MNIST data is not in {}: apt-get install dataset-fashion-mnist",
+        dir.display()
+    );
+    dir
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "fmnist-test-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Gzips `bytes`.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Writes a small synthetic dataset (`n_train`/`n_test` examples) into `dir` as gz IDX files.
+pub fn write_synthetic(dir: &Path, n_train: usize, n_test: usize) {
+    let images = |n: usize| IdxArray {
+        dims: vec![n, 28, 28],
+        data: (0..n * 784).map(|i| (i * 7 % 256) as u8).collect(),
+    };
+    let labels = |n: usize| IdxArray {
+        dims: vec![n],
+        data: (0..n).map(|i| (i % 10) as u8).collect(),
+    };
+    let files = [
+        ("train-images-idx3-ubyte.gz", images(n_train)),
+        ("train-labels-idx1-ubyte.gz", labels(n_train)),
+        ("t10k-images-idx3-ubyte.gz", images(n_test)),
+        ("t10k-labels-idx1-ubyte.gz", labels(n_test)),
+    ];
+    for (name, array) in files {
+        std::fs::write(dir.join(name), gzip(&array.to_bytes())).unwrap();
+    }
+}
+
+/// How the loopback server answers a request for a path.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with this body.
+    Body(Vec<u8>),
+    /// 200 announcing this many bytes, sending only `body`, then closing.
+    Truncated { body: Vec<u8>, announced: usize },
+    /// 404.
+    NotFound,
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 answering from `route`; it serves at most `limit`
+/// requests, then stops. Returns its base URL and a counter of requests served.
+pub fn serve(
+    route: impl Fn(&str) -> Reply + Send + 'static,
+    limit: usize,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(limit) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request);
+            let path = text
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (status, body, announced) = match route(&path) {
+                Reply::Body(b) => ("200 OK", b.clone(), b.len()),
+                Reply::Truncated { body, announced } => ("200 OK", body, announced),
+                Reply::NotFound => ("404 Not Found", b"not found".to_vec(), 9),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {announced}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+            let _ = stream.flush();
+        }
+    });
+    (url, served)
+}

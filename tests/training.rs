@@ -1,0 +1,120 @@
+//! Training on the real data: accuracy gates on short runs of the study's recipes, determinism,
+//! parameter counts, the loss at initialisation and saved weights.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+use fmnist::data::batcher::Batcher;
+use fmnist::data::files::{Location, Origin};
+use fmnist::data::{self, FashionMnist};
+use fmnist::evaluation::evaluate;
+use fmnist::model::ModelConfig;
+use fmnist::training::trainer::Silent;
+use fmnist::training::{self, History, RunDir, TrainConfig, Weights};
+
+fn dataset() -> &'static FashionMnist {
+    static DATA: OnceLock<FashionMnist> = OnceLock::new();
+    DATA.get_or_init(|| {
+        data::load(
+            Location {
+                dir: common::real_data_dir(),
+                origin: Origin::Flag,
+            },
+            true,
+        )
+        .unwrap()
+    })
+}
+
+fn run(config: &TrainConfig, tag: &str) -> (training::RunResult, History, common::TempDir) {
+    let root = common::TempDir::new(tag);
+    let dir = RunDir::create(root.path(), Some("run"), tag, false).unwrap();
+    let result = training::train(config, dataset(), &dir, &Device::default(), &mut Silent).unwrap();
+    let history = History::read(&dir.path).unwrap();
+    (result, history, root)
+}
+
+#[test]
+fn linear_three_epochs_of_the_study_recipe_reach_081() {
+    let mut config = TrainConfig::preset("seed-linear").unwrap();
+    config.epochs = 3;
+    let (result, history, _dir) = run(&config, "linear3");
+    assert_eq!(history.epochs.len(), 3);
+    assert!(
+        result.test_acc >= 0.81,
+        "linear test accuracy {}",
+        result.test_acc
+    );
+}
+
+#[test]
+fn mlp_five_epochs_of_the_study_recipe_reach_084() {
+    let mut config = TrainConfig::preset("seed-mlp").unwrap();
+    config.epochs = 5;
+    let (result, history, root) = run(&config, "mlp5");
+    assert!(
+        result.test_acc >= 0.84,
+        "MLP test accuracy {}",
+        result.test_acc
+    );
+    // Training loss falls epoch after epoch at this stage.
+    for pair in history.epochs.windows(2) {
+        assert!(pair[1].loss < pair[0].loss, "{history:?}");
+    }
+    // The saved best weights reproduce the best epoch's test metrics.
+    let dir = RunDir::open(&root.path().join("run")).unwrap();
+    let device = Device::default();
+    let model = dir
+        .load_weights(config.model.init(&device), Weights::Best)
+        .unwrap();
+    let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
+    let scores = evaluate(&model, &dataset().test, &batcher, &device, 1000);
+    let best = history.best().unwrap();
+    assert!(
+        (scores.accuracy - best.val_acc).abs() < 1e-9,
+        "{} vs {}",
+        scores.accuracy,
+        best.val_acc
+    );
+    assert!(
+        (scores.loss - best.val_loss).abs() < 1e-5,
+        "{} vs {}",
+        scores.loss,
+        best.val_loss
+    );
+    let written = std::fs::read_to_string(dir.file("config.toml")).unwrap();
+    assert!(written.contains("seed = 42"), "{written}");
+}
+
+#[test]
+fn parameter_counts_match_keras() {
+    let device = Device::default();
+    let linear = ModelConfig::linear();
+    assert_eq!(linear.summary().total_params(), 7_850);
+    assert_eq!(linear.init(&device).num_params(), 7_850);
+    let mlp = ModelConfig::default();
+    assert_eq!(mlp.summary().total_params(), 51_370);
+    assert_eq!(mlp.init(&device).num_params(), 51_370);
+}
+
+#[test]
+fn loss_at_initialisation_is_close_to_ln_10() {
+    let device = Device::default();
+    device.seed(3);
+    let model = ModelConfig::default().init(&device);
+    let batcher = Batcher::new(Default::default(), (0.0, 1.0));
+    let scores = evaluate(&model, &dataset().test, &batcher, &device, 2500);
+    let ln10 = 10f64.ln();
+    assert!(
+        (scores.loss - ln10).abs() < 0.25,
+        "initial loss {}",
+        scores.loss
+    );
+    assert!(
+        scores.accuracy < 0.3,
+        "an untrained model is near chance: {}",
+        scores.accuracy
+    );
+}

@@ -1,6 +1,7 @@
 //! Turns examples into tensors. Normalisation lives here, not in the model, as in Burn's guide.
 
 use burn::prelude::*;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use super::{PIXELS, SIDE, Split};
@@ -33,6 +34,21 @@ fn prefetch(bytes: &[u8]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
+}
+
+/// Random training-time transformations of each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Augmentation {
+    /// Mirror left-right with probability 0.5.
+    pub flip: bool,
+    /// Shift by up to this many pixels vertically and horizontally, filling with background.
+    pub translate: usize,
+}
+
+impl Augmentation {
+    pub fn is_identity(&self) -> bool {
+        !self.flip && self.translate == 0
+    }
 }
 
 /// A batch ready for the model.
@@ -95,6 +111,53 @@ impl Batcher {
                 prefetch(split.image(ahead));
             }
             self.scale_into(split.image(i), &mut values);
+            labels.push(split.labels[i] as i64);
+        }
+        let n = indices.len();
+        Batch {
+            images: Tensor::from_data(TensorData::new(values, [n, 1, SIDE, SIDE]), device),
+            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
+        }
+    }
+
+    /// Like [`Batcher::batch`], with each image randomly transformed by `augmentation`.
+    pub fn batch_augmented(
+        &self,
+        split: &Split,
+        indices: &[usize],
+        augmentation: Augmentation,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Batch {
+        if augmentation.is_identity() {
+            return self.batch(split, indices, device);
+        }
+        let t = augmentation.translate as i64;
+        let mut values = Vec::with_capacity(indices.len() * PIXELS);
+        let mut labels = Vec::with_capacity(indices.len());
+        let mut row = [0u8; PIXELS];
+        for &i in indices {
+            let flip = augmentation.flip && rng.random_bool(0.5);
+            let (dy, dx) = if t > 0 {
+                (rng.random_range(-t..=t), rng.random_range(-t..=t))
+            } else {
+                (0, 0)
+            };
+            let src = split.image(i);
+            let side = SIDE as i64;
+            for r in 0..side {
+                for c in 0..side {
+                    let (sr, sc) = (r - dy, c - dx);
+                    let inside = (0..side).contains(&sr) && (0..side).contains(&sc);
+                    let sc = if flip { side - 1 - sc } else { sc };
+                    row[(r * side + c) as usize] = if inside {
+                        src[(sr * side + sc) as usize]
+                    } else {
+                        0
+                    };
+                }
+            }
+            self.scale_into(&row, &mut values);
             labels.push(split.labels[i] as i64);
         }
         let n = indices.len();

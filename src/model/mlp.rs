@@ -2,7 +2,9 @@
 
 use burn::module::Param;
 use burn::nn::activation::{Activation, ActivationConfig};
-use burn::nn::{self, Dropout, DropoutConfig, EluConfig, LeakyReluConfig, Linear};
+use burn::nn::{
+    self, BatchNorm, BatchNormConfig, Dropout, DropoutConfig, EluConfig, LeakyReluConfig, Linear,
+};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -94,10 +96,12 @@ pub fn dense(d_input: usize, d_output: usize, device: &Device) -> Linear {
     }
 }
 
-/// Flatten -> (Dense -> activation -> dropout) per hidden layer -> Dense(10).
+/// Flatten -> (Dense -> [batch norm] -> activation -> dropout) per hidden layer -> Dense(10).
 #[derive(Module, Debug)]
 pub struct Mlp {
     hidden: Vec<Linear>,
+    /// One per hidden layer when batch normalisation is on, else empty.
+    norms: Vec<BatchNorm>,
     output: Linear,
     activation: Activation,
     dropout: Dropout,
@@ -109,16 +113,22 @@ impl Mlp {
         hidden: &[usize],
         activation: ActivationKind,
         dropout: f64,
+        batch_norm: bool,
         device: &Device,
     ) -> Self {
         let mut width = PIXELS;
         let mut layers = Vec::with_capacity(hidden.len());
+        let mut norms = Vec::new();
         for &h in hidden {
             layers.push(dense(width, h, device));
+            if batch_norm {
+                norms.push(BatchNormConfig::new(h).init(device));
+            }
             width = h;
         }
         Mlp {
             hidden: layers,
+            norms,
             output: dense(width, NUM_CLASSES, device),
             activation: activation.init(device),
             dropout: DropoutConfig::new(dropout).init(),
@@ -130,21 +140,38 @@ impl Mlp {
     ///   - output: `[batch, 10]` logits
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x: Tensor<2> = images.flatten(1, 3); // [batch, 784]
-        for layer in &self.hidden {
-            x = self.activation.forward(layer.forward(x)); // [batch, hidden]
-            x = self.dropout.forward(x);
+        for (i, layer) in self.hidden.iter().enumerate() {
+            x = layer.forward(x); // [batch, hidden]
+            if let Some(norm) = self.norms.get(i) {
+                x = norm.forward(x);
+            }
+            x = self.dropout.forward(self.activation.forward(x));
         }
         self.output.forward(x) // [batch, 10]
     }
 }
 
 /// The Keras-style summary of an MLP with these settings.
-pub fn summary(hidden: &[usize], activation: ActivationKind, dropout: f64) -> Summary {
+pub fn summary(
+    hidden: &[usize],
+    activation: ActivationKind,
+    dropout: f64,
+    batch_norm: bool,
+) -> Summary {
     let mut summary = Summary::new("sequential");
     summary.push(LayerRow::new("Flatten", vec![PIXELS], 0));
     let mut width = PIXELS;
     for &h in hidden {
-        summary.push(LayerRow::new("Dense", vec![h], width * h + h).with_note(activation.name()));
+        if batch_norm {
+            summary.push(LayerRow::new("Dense", vec![h], width * h + h));
+            summary.push(
+                LayerRow::new("BatchNormalization", vec![h], 2 * h)
+                    .with_non_trainable(2 * h)
+                    .with_note(activation.name()),
+            );
+        } else {
+            summary.push(LayerRow::new("Dense", vec![h], width * h + h).with_note(activation.name()));
+        }
         if dropout > 0.0 {
             summary
                 .push(LayerRow::new("Dropout", vec![h], 0).with_note(&format!("rate {dropout}")));

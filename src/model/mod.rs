@@ -36,6 +36,8 @@ pub struct ModelConfig {
     pub activation: ActivationKind,
     /// Dropout rate after each hidden layer's activation; 0 disables it.
     pub dropout: f64,
+    /// Batch normalisation between each hidden Dense layer and its activation.
+    pub batch_norm: bool,
 }
 
 impl Default for ModelConfig {
@@ -46,6 +48,7 @@ impl Default for ModelConfig {
             hidden: vec![60, 60],
             activation: ActivationKind::Relu,
             dropout: 0.0,
+            batch_norm: false,
         }
     }
 }
@@ -87,7 +90,13 @@ impl ModelConfig {
             Arch::Linear => &[][..],
             Arch::Mlp => &self.hidden[..],
         };
-        Model::Mlp(Mlp::new(hidden, self.activation, self.dropout, device))
+        Model::Mlp(Mlp::new(
+            hidden,
+            self.activation,
+            self.dropout,
+            self.batch_norm,
+            device,
+        ))
     }
 
     /// The Keras-style layer table of the model this configuration builds.
@@ -96,7 +105,7 @@ impl ModelConfig {
             Arch::Linear => &[][..],
             Arch::Mlp => &self.hidden[..],
         };
-        mlp::summary(hidden, self.activation, self.dropout)
+        mlp::summary(hidden, self.activation, self.dropout, self.batch_norm)
     }
 }
 

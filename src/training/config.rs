@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
-use crate::data::batcher::Normalization;
+use crate::data::batcher::{Augmentation, Normalization};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
@@ -29,6 +29,11 @@ pub struct DataConfig {
     /// Fraction of the training set held out for validation (the last examples, as Keras's
     /// `validation_split`); 0 validates on the test set every epoch, as the study does.
     pub val_split: f64,
+    /// Training-time augmentation: random horizontal flips (probability 0.5).
+    pub flip: bool,
+    /// Training-time augmentation: random shifts of up to this many pixels in each direction,
+    /// filled with background.
+    pub translate: usize,
 }
 
 impl Default for DataConfig {
@@ -36,6 +41,40 @@ impl Default for DataConfig {
         DataConfig {
             normalization: Normalization::Scale,
             val_split: 0.0,
+            flip: false,
+            translate: 0,
+        }
+    }
+}
+
+impl DataConfig {
+    /// The augmentation these settings ask for.
+    pub fn augmentation(&self) -> Augmentation {
+        Augmentation {
+            flip: self.flip,
+            translate: self.translate,
+        }
+    }
+}
+
+/// The `[early_stopping]` table: Keras's `EarlyStopping(monitor="val_loss")`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before stopping; 0 disables early stopping.
+    pub patience: usize,
+    /// An improvement must lower the validation loss by more than this.
+    pub min_delta: f64,
+    /// End with the weights of the best epoch rather than the last one.
+    pub restore_best: bool,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        EarlyStopping {
+            patience: 0,
+            min_delta: 0.0,
+            restore_best: true,
         }
     }
 }
@@ -67,6 +106,7 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
     pub data: DataConfig,
+    pub early_stopping: EarlyStopping,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
 }
@@ -83,6 +123,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
+            early_stopping: EarlyStopping::default(),
             provenance: None,
         }
     }
@@ -133,6 +174,18 @@ impl TrainConfig {
             return Err(Error::Config(format!(
                 "data.val_split = {}: must be at least 0 and below 1",
                 self.data.val_split
+            )));
+        }
+        if self.data.translate > 8 {
+            return Err(Error::Config(format!(
+                "data.translate = {}: shifts above 8 pixels leave little of a 28x28 image",
+                self.data.translate
+            )));
+        }
+        if !(self.early_stopping.min_delta.is_finite() && self.early_stopping.min_delta >= 0.0) {
+            return Err(Error::Config(format!(
+                "early_stopping.min_delta = {}: must be 0 or positive",
+                self.early_stopping.min_delta
             )));
         }
         self.model.validate()?;

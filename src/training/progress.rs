@@ -90,9 +90,15 @@ pub fn final_report(
         "Final epoch {}: val_loss {:.4} - val_acc {:.4} - loss {:.4} - acc {:.4}\n",
         l.epoch, l.val_loss, l.val_acc, l.loss, l.acc
     ));
+    if let Some(epoch) = result.stopped_epoch {
+        out.push_str(&format!(
+            "Early stopping after epoch {epoch} ({} epochs without improvement); final weights: {}\n",
+            config.early_stopping.patience, result.final_weights
+        ));
+    }
     if config.data.val_split > 0.0 {
         out.push_str(&format!(
-            "Test set (last weights): loss {:.4} - accuracy {:.4}\n",
+            "Test set (final weights): loss {:.4} - accuracy {:.4}\n",
             result.test_loss, result.test_acc
         ));
     }

@@ -43,9 +43,15 @@ pub struct RunResult {
     /// Wall time of the whole run, data loading excluded.
     pub total_seconds: f64,
     pub parameters: usize,
-    /// Test-set accuracy of the last weights; equals `last.val_acc` when validating on the test set.
+    /// Test-set accuracy of the final weights (see `final_weights`).
     pub test_acc: f64,
     pub test_loss: f64,
+    /// The epoch after which early stopping ended the run, if it did.
+    #[serde(default)]
+    pub stopped_epoch: Option<usize>,
+    /// Which weights the run ends with: `last`, or `best` when early stopping restores them.
+    #[serde(default)]
+    pub final_weights: String,
 }
 
 /// A run directory on disk.

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use super::config::TrainConfig;
+use super::config::{EarlyStopping, TrainConfig};
 use super::history::{EpochRecord, History};
 use super::run_dir::{RunDir, RunResult, Weights};
 use crate::data::batcher::Batcher;
@@ -48,6 +48,40 @@ pub fn derive_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
 /// Random streams derived from the seed.
 const STREAM_SHUFFLE: u64 = 1;
 const STREAM_DEVICE: u64 = 2;
+const STREAM_AUGMENT: u64 = 3;
+
+/// Keras's `EarlyStopping` on the validation loss.
+struct Stopper {
+    patience: usize,
+    min_delta: f64,
+    best: f64,
+    wait: usize,
+}
+
+impl Stopper {
+    fn new(config: &EarlyStopping) -> Self {
+        Stopper {
+            patience: config.patience,
+            min_delta: config.min_delta,
+            best: f64::INFINITY,
+            wait: 0,
+        }
+    }
+
+    /// Records an epoch's validation loss; true when training should stop.
+    fn should_stop(&mut self, val_loss: f64) -> bool {
+        if self.patience == 0 {
+            return false;
+        }
+        if val_loss < self.best - self.min_delta {
+            self.best = val_loss;
+            self.wait = 0;
+            return false;
+        }
+        self.wait += 1;
+        self.wait >= self.patience
+    }
+}
 
 /// Trains `config` on `data`, writing the configuration, model summary, history, weights and
 /// result into `run`.
@@ -85,6 +119,9 @@ pub fn train(
     reporter.start(config, batches);
     let mut history = History::default();
     let mut order: Vec<usize> = (0..n).collect();
+    let mut best_model = None;
+    let mut stopper = Stopper::new(&config.early_stopping);
+    let mut stopped_epoch = None;
 
     for epoch in 0..config.epochs {
         let lr = config
@@ -99,10 +136,20 @@ pub fn train(
             STREAM_SHUFFLE,
         )));
 
+        let mut augment_rng =
+            StdRng::seed_from_u64(derive_seed(config.seed, epoch, STREAM_AUGMENT));
+        let augmentation = config.data.augmentation();
+
         let epoch_start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         for (b, indices) in order.chunks(config.batch_size).enumerate() {
-            let batch = batcher.batch(&train_split, indices, &train_device);
+            let batch = batcher.batch_augmented(
+                &train_split,
+                indices,
+                augmentation,
+                &mut augment_rng,
+                &train_device,
+            );
             let logits = model.forward(batch.images);
             let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
             let loss_value = loss.clone().into_scalar::<f64>();
@@ -151,29 +198,41 @@ pub fn train(
         history.epochs.push(record.clone());
         if improved {
             run.save_weights(&valid, Weights::Best)?;
+            best_model = Some(valid.clone());
         }
         run.save_weights(&valid, Weights::Last)?;
         history.write(&run.path)?;
         reporter.epoch_end(&record, config.epochs);
+        if stopper.should_stop(record.val_loss) {
+            stopped_epoch = Some(epoch + 1);
+            break;
+        }
     }
 
     let best = history.best().cloned().expect("at least one epoch ran");
     let last = history.last().cloned().expect("at least one epoch ran");
+    let restore = config.early_stopping.patience > 0 && config.early_stopping.restore_best;
+    let final_model = match (restore, best_model) {
+        (true, Some(best_model)) => best_model,
+        _ => model.valid(),
+    };
     let (test_loss, test_acc) = if config.data.val_split > 0.0 {
         let scores = evaluate(
-            &model.valid(),
+            &final_model,
             &data.test,
             &batcher,
             device,
             config.eval_batch_size,
         );
         (scores.loss, scores.accuracy)
+    } else if restore {
+        (best.val_loss, best.val_acc)
     } else {
         (last.val_loss, last.val_acc)
     };
     let result = RunResult {
         name: run.name(),
-        epochs: config.epochs,
+        epochs: history.epochs.len(),
         seconds_per_epoch: history.steady_seconds_per_epoch(),
         total_seconds: started.elapsed().as_secs_f64(),
         parameters: config.model.summary().total_params(),
@@ -181,6 +240,8 @@ pub fn train(
         last,
         test_acc,
         test_loss,
+        stopped_epoch,
+        final_weights: if restore { "best" } else { "last" }.into(),
     };
     run.write_result(&result)?;
     Ok(result)

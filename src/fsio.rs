@@ -8,13 +8,18 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Temporary path beside `path`, unique to this process.
+/// Temporary path beside `path`, unique to this process, keeping its extension (writers such as
+/// the PNG encoder pick the format from it): `dir/.name.tmp-PID.ext`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
+    let stem = path
+        .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp-{}{ext}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` atomically.

@@ -10,6 +10,8 @@ pub mod error;
 pub mod evaluation;
 pub mod fsio;
 pub mod model;
+pub mod report;
+pub mod study;
 pub mod training;
 
 pub use error::{Error, Result};

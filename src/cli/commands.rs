@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use serde_json::json;
 
-use super::{DataAction, DataCommand, EvalArgs, SummaryArgs, TrainArgs};
+use super::{DataAction, DataCommand, EvalArgs, PlotArgs, StudyArgs, SummaryArgs, TrainArgs};
 use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
@@ -111,6 +111,99 @@ pub fn summary(args: SummaryArgs) -> Result<()> {
     Ok(())
 }
 
+/// What every run records about how it was made.
+fn provenance(label: String, dataset: &data::FashionMnist) -> Provenance {
+    Provenance {
+        fmnist_version: env!("CARGO_PKG_VERSION").into(),
+        burn_version: BURN_VERSION.into(),
+        backend: backend_name().into(),
+        threads: rayon::current_num_threads(),
+        preset: label,
+        data_dir: dataset.location.dir.display().to_string(),
+    }
+}
+
+pub fn study(args: StudyArgs) -> Result<()> {
+    let study = crate::study::Study::load(&args.file)?;
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "study".into());
+        std::path::PathBuf::from("runs").join(stem)
+    });
+    let dataset = data::obtain(&args.data.options())?;
+    let runs = study.runs().count();
+    println!(
+        "Study {:?}: {} groups, {} runs, {} epochs in all; results in {}",
+        study.title,
+        study.groups.len(),
+        runs,
+        study.total_epochs(),
+        out_dir.display()
+    );
+    let options = crate::study::runner::StudyOptions {
+        out_dir: out_dir.clone(),
+        force: args.force,
+        quiet: args.quiet,
+        provenance: provenance(String::new(), &dataset),
+    };
+    let groups = crate::study::runner::run(&study, &dataset, &device(), &options)?;
+    let report = crate::report::write_study_report(&out_dir, &study, &groups)?;
+    for (group, runs) in study.groups.iter().zip(&groups) {
+        println!("\n{}", group.title);
+        for r in runs {
+            println!(
+                "  {:<24} best epoch {:>3}  best acc {:.4}  final acc {:.4}",
+                r.planned.name, r.result.best.epoch, r.result.best.val_acc, r.result.test_acc
+            );
+        }
+    }
+    println!("\nReport: {} (and report.md beside it)", report.display());
+    Ok(())
+}
+
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let mut loaded = Vec::new();
+    for dir in &args.runs {
+        let run = RunDir::open(dir)?;
+        loaded.push((run.name(), training::History::read(&run.path)?));
+    }
+    let series: Vec<crate::report::plots::Series> = loaded
+        .iter()
+        .map(|(label, history)| crate::report::plots::Series { label, history })
+        .collect();
+    let title = args.title.clone().unwrap_or_else(|| {
+        loaded
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let written = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("png") => {
+            crate::report::plots::write_png(&series, &title, &args.out)?;
+            vec![args.out.clone()]
+        }
+        Some("svg") => {
+            crate::report::plots::write_svg(&series, &title, &args.out)?;
+            vec![args.out.clone()]
+        }
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "--out {}: unknown image type .{other}; use .png, .svg, or no extension for both",
+                args.out.display()
+            )));
+        }
+        None => crate::report::plots::write_figure(&series, &title, &args.out)?,
+    };
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 pub fn train(args: TrainArgs) -> Result<()> {
     let mut config = args.recipe.resolve()?;
     let dataset = data::obtain(&args.data.options())?;
@@ -120,14 +213,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         &args.recipe.label(),
         args.overwrite,
     )?;
-    config.provenance = Some(Provenance {
-        fmnist_version: env!("CARGO_PKG_VERSION").into(),
-        burn_version: BURN_VERSION.into(),
-        backend: backend_name().into(),
-        threads: rayon::current_num_threads(),
-        preset: args.recipe.label(),
-        data_dir: dataset.location.dir.display().to_string(),
-    });
+    config.provenance = Some(provenance(args.recipe.label(), &dataset));
     if !args.quiet {
         println!("{}", config.model.summary());
         println!(

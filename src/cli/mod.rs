@@ -39,6 +39,10 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a saved run on the test set.
     Eval(EvalArgs),
+    /// Run every run of a study file and write its report (plots, report.html, report.md).
+    Study(StudyArgs),
+    /// Plot loss, accuracy, the zoom on the best epoch and the train/test gap of saved runs.
+    Plot(PlotArgs),
 }
 
 /// Where to find the data.
@@ -298,6 +302,36 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// The study file (TOML), for example studies/seed.toml.
+    pub file: PathBuf,
+    /// Output directory (default: runs/<study file name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Retrain runs that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// Print only one line per run.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories made by `fmnist train` or `fmnist study`.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// Output file: .png, .svg, or a name without extension for both.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Figure title.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
 /// Parses the command line, runs the command and returns the exit code. Errors are printed as
 /// one line on stderr.
 pub fn main() -> i32 {
@@ -334,5 +368,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Summary(args) => commands::summary(args),
         Command::Train(args) => commands::train(args),
         Command::Eval(args) => commands::eval(args),
+        Command::Study(args) => commands::study(args),
+        Command::Plot(args) => commands::plot(args),
     }
 }

@@ -1,0 +1,240 @@
+//! The study report: per group a table (run, parameters, best epoch, lowest test loss, accuracy
+//! at the best epoch and at the end, final train/test gap, seconds per epoch), the figure, and a
+//! short reading generated from the numbers; written as `report.md` and as one self-contained
+//! `report.html` that opens from disk.
+
+pub mod analysis;
+pub mod plots;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use crate::error::Result;
+use crate::fsio;
+use crate::study::Study;
+use crate::study::runner::CompletedRun;
+use analysis::{analyse, compare, reading};
+use plots::Series;
+
+/// One row of a group's table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub run: String,
+    pub parameters: String,
+    pub best_epoch: usize,
+    pub lowest_test_loss: f64,
+    pub test_acc_at_best: f64,
+    pub final_test_acc: f64,
+    pub final_gap: f64,
+    pub seconds_per_epoch: f64,
+    pub epochs: usize,
+    pub reading: String,
+}
+
+/// A group as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupReport {
+    pub name: String,
+    pub title: String,
+    pub description: String,
+    pub rows: Vec<Row>,
+    pub comparison: String,
+    /// The figure, relative to the report's directory.
+    pub figure_png: String,
+    pub figure_svg: String,
+}
+
+/// Builds the rows of a group.
+pub fn rows(runs: &[CompletedRun]) -> Vec<Row> {
+    runs.iter()
+        .filter_map(|r| {
+            let a = analyse(&r.history)?;
+            Some(Row {
+                run: r.planned.name.clone(),
+                parameters: r
+                    .planned
+                    .settings
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                best_epoch: a.best_epoch,
+                lowest_test_loss: a.best_val_loss,
+                test_acc_at_best: a.best_val_acc,
+                final_test_acc: r.result.test_acc,
+                final_gap: a.final_gap,
+                seconds_per_epoch: a.seconds_per_epoch,
+                epochs: a.last_epoch,
+                reading: reading(&r.history),
+            })
+        })
+        .collect()
+}
+
+/// Draws the figures and writes `report.md`, `report.html` and `report.json` into `out_dir`.
+/// Returns the path of the HTML report.
+pub fn write_study_report(out_dir: &Path, study: &Study, groups: &[Vec<CompletedRun>]) -> Result<PathBuf> {
+    let plots_dir = out_dir.join("plots");
+    std::fs::create_dir_all(&plots_dir).map_err(|e| crate::Error::io(&plots_dir, e))?;
+    let mut reports = Vec::new();
+    for (group, runs) in study.groups.iter().zip(groups) {
+        let series: Vec<Series> = runs
+            .iter()
+            .map(|r| Series {
+                label: &r.planned.name,
+                history: &r.history,
+            })
+            .collect();
+        plots::write_figure(&series, &group.title, &plots_dir.join(&group.name))?;
+        let pairs: Vec<(&str, &crate::training::History)> =
+            runs.iter().map(|r| (r.planned.name.as_str(), &r.history)).collect();
+        reports.push(GroupReport {
+            name: group.name.clone(),
+            title: group.title.clone(),
+            description: group.description.clone(),
+            rows: rows(runs),
+            comparison: compare(&pairs),
+            figure_png: format!("plots/{}.png", group.name),
+            figure_svg: format!("plots/{}.svg", group.name),
+        });
+    }
+    fsio::write_text(&out_dir.join("report.md"), &markdown(study, &reports))?;
+    let html = html(study, &reports, out_dir)?;
+    let html_path = out_dir.join("report.html");
+    fsio::write_text(&html_path, &html)?;
+    fsio::write_json(&out_dir.join("report.json"), &reports)?;
+    Ok(html_path)
+}
+
+const HEADER: [&str; 8] = [
+    "run",
+    "parameters",
+    "best epoch",
+    "lowest test loss",
+    "test acc at best",
+    "final test acc",
+    "final gap",
+    "s/epoch",
+];
+
+fn cells(r: &Row) -> [String; 8] {
+    [
+        r.run.clone(),
+        r.parameters.clone(),
+        format!("{}/{}", r.best_epoch, r.epochs),
+        format!("{:.4}", r.lowest_test_loss),
+        format!("{:.4}", r.test_acc_at_best),
+        format!("{:.4}", r.final_test_acc),
+        format!("{:.3}", r.final_gap),
+        format!("{:.3}", r.seconds_per_epoch),
+    ]
+}
+
+/// The Markdown report.
+pub fn markdown(study: &Study, groups: &[GroupReport]) -> String {
+    let mut out = format!("# {}\n\n", study.title);
+    if !study.description.is_empty() {
+        let _ = writeln!(out, "{}\n", study.description.trim());
+    }
+    let _ = writeln!(
+        out,
+        "Study file: `{}`. Loss is cross-entropy; accuracies and losses are on the validation data \
+         (the test set unless a run holds out part of the training set). The gap is test loss minus \
+         train loss at the last epoch.\n",
+        study.source.display()
+    );
+    for g in groups {
+        let _ = writeln!(out, "## {}\n", g.title);
+        if !g.description.is_empty() {
+            let _ = writeln!(out, "{}\n", g.description.trim());
+        }
+        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
+        let _ = writeln!(out, "|{}", " --- |".repeat(HEADER.len()));
+        for r in &g.rows {
+            let _ = writeln!(out, "| {} |", cells(r).join(" | ").replace('\n', " "));
+        }
+        let _ = writeln!(out, "\n![{}]({})\n", g.title, g.figure_png);
+        if !g.comparison.is_empty() {
+            let _ = writeln!(out, "{}\n", g.comparison);
+        }
+        for r in &g.rows {
+            let _ = writeln!(out, "- **{}**: {}", r.run, r.reading);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The self-contained HTML report: figures embedded as data URIs.
+pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<String> {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>\n\
+         body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }}\n\
+         table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }}\n\
+         th, td {{ border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: right; }}\n\
+         th {{ background: #eef; }} td:nth-child(1), td:nth-child(2) {{ text-align: left; }}\n\
+         img {{ max-width: 100%; border: 1px solid #ddd; }}\n\
+         .reading {{ color: #333; }} .note {{ color: #555; font-size: 0.9em; }}\n\
+         </style>\n</head>\n<body>\n<h1>{}</h1>\n",
+        escape(&study.title),
+        escape(&study.title)
+    );
+    if !study.description.is_empty() {
+        let _ = writeln!(out, "<p>{}</p>", escape(study.description.trim()));
+    }
+    let _ = writeln!(
+        out,
+        "<p class=\"note\">Study file: <code>{}</code>. Loss is cross-entropy; accuracies and losses are \
+         on the validation data (the test set unless a run holds out part of the training set). The gap \
+         is test loss minus train loss at the last epoch. Figures: solid lines test, dashed lines train.</p>",
+        escape(&study.source.display().to_string())
+    );
+    for g in groups {
+        let _ = writeln!(out, "<h2 id=\"{}\">{}</h2>", escape(&g.name), escape(&g.title));
+        if !g.description.is_empty() {
+            let _ = writeln!(out, "<p>{}</p>", escape(g.description.trim()));
+        }
+        out.push_str("<table>\n<tr>");
+        for h in HEADER {
+            let _ = write!(out, "<th>{h}</th>");
+        }
+        out.push_str("</tr>\n");
+        for r in &g.rows {
+            out.push_str("<tr>");
+            for c in cells(r) {
+                let _ = write!(out, "<td>{}</td>", escape(&c));
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+        let png_path = out_dir.join(&g.figure_png);
+        let png = fsio::read(&png_path)?;
+        let _ = writeln!(
+            out,
+            "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+            escape(&g.title),
+            base64::engine::general_purpose::STANDARD.encode(png)
+        );
+        if !g.comparison.is_empty() {
+            let _ = writeln!(out, "<p class=\"reading\"><strong>{}</strong></p>", escape(&g.comparison));
+        }
+        out.push_str("<ul>\n");
+        for r in &g.rows {
+            let _ = writeln!(out, "<li><strong>{}</strong>: {}</li>", escape(&r.run), escape(&r.reading));
+        }
+        out.push_str("</ul>\n");
+    }
+    out.push_str("</body>\n</html>\n");
+    Ok(out)
+}

@@ -1,0 +1,283 @@
+//! Figures of training histories, as PNG and SVG: loss and accuracy per epoch (train dashed, test
+//! solid, one colour per run), a zoom on the test loss around its minimum with the best epoch
+//! marked, and the train/test gap per epoch. Colours are the Okabe-Ito palette, which reads for
+//! colour-blind people.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+
+use super::analysis;
+use crate::error::{Error, Result};
+use crate::fsio;
+use crate::training::History;
+
+/// Okabe-Ito colours (black last).
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),   // blue
+    RGBColor(213, 94, 0),    // vermillion
+    RGBColor(0, 158, 115),   // bluish green
+    RGBColor(230, 159, 0),   // orange
+    RGBColor(204, 121, 167), // reddish purple
+    RGBColor(86, 180, 233),  // sky blue
+    RGBColor(240, 228, 66),  // yellow
+    RGBColor(0, 0, 0),       // black
+];
+
+const WIDTH: u32 = 1400;
+const HEIGHT: u32 = 1000;
+const FONT: &str = "sans-serif";
+
+/// One run to draw.
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub history: &'a History,
+}
+
+fn register_font() {
+    static FONT_ONCE: Once = Once::new();
+    FONT_ONCE.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            let bytes = match style {
+                FontStyle::Bold => dejavu::sans::bold(),
+                _ => dejavu::sans::regular(),
+            };
+            let _ = plotters::style::register_font(FONT, style, bytes);
+        }
+    });
+}
+
+/// Draws the four-panel figure for `series` into `<stem>.png` and `<stem>.svg` (atomically).
+/// Returns the two paths.
+pub fn write_figure(series: &[Series], title: &str, stem: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    write_png(series, title, &png)?;
+    write_svg(series, title, &svg)?;
+    Ok(vec![png, svg])
+}
+
+/// Draws the figure as a PNG file.
+pub fn write_png(series: &[Series], title: &str, path: &Path) -> Result<()> {
+    register_font();
+    let tmp = fsio::temp_path(path);
+    let drawn = {
+        let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(root, series, title)
+    };
+    match drawn {
+        Ok(()) => {
+            let file = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            fsio::commit(&tmp, path)
+        }
+        Err(message) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(path, std::io::Error::other(message)))
+        }
+    }
+}
+
+/// Draws the figure as an SVG file.
+pub fn write_svg(series: &[Series], title: &str, path: &Path) -> Result<()> {
+    register_font();
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(root, series, title).map_err(|m| Error::io(path, std::io::Error::other(m)))?;
+    }
+    fsio::write_text(path, &text)
+}
+
+/// The value range of `values`, padded by 5% (and never empty).
+fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    (lo - pad)..(hi + pad)
+}
+
+/// Tick labels: epochs as integers, values with a fixed number of decimals (no "-0.00").
+fn epoch_label(v: &f64) -> String {
+    format!("{:.0}", v)
+}
+
+fn value_label(v: &f64) -> String {
+    let text = format!("{:.2}", v);
+    if text == "-0.00" { "0.00".into() } else { text }
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], title: &str) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(&format!("{title}  (solid: test, dashed: train)"), (FONT, 26).into_font().style(FontStyle::Bold))
+        .map_err(err)?;
+    let panels = root.split_evenly((2, 2));
+    let epochs = series
+        .iter()
+        .map(|s| s.history.epochs.len())
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let x_ticks = (epochs as usize).min(10);
+
+    // Loss and accuracy per epoch, train dashed and test solid.
+    type Pick = fn(&crate::training::EpochRecord) -> (f64, f64);
+    let metrics: [(&str, &str, Pick); 2] = [
+        ("Loss per epoch", "loss (cross-entropy)", |r| (r.loss, r.val_loss)),
+        ("Accuracy per epoch", "accuracy", |r| (r.acc, r.val_acc)),
+    ];
+    for (panel, (caption, y_desc, pick)) in panels.iter().zip(metrics) {
+        let range = padded(series.iter().flat_map(|s| {
+            s.history.epochs.iter().flat_map(move |r| {
+                let (a, b) = pick(r);
+                [a, b]
+            })
+        }));
+        let mut chart = ChartBuilder::on(panel)
+            .caption(caption, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(1f64..epochs, range)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .x_labels(x_ticks)
+            .x_label_formatter(&epoch_label)
+            .y_label_formatter(&value_label)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .draw()
+            .map_err(err)?;
+        for (i, s) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let train: Vec<(f64, f64)> = s.history.epochs.iter().map(|r| (r.epoch as f64, pick(r).0)).collect();
+            let test: Vec<(f64, f64)> = s.history.epochs.iter().map(|r| (r.epoch as f64, pick(r).1)).collect();
+            chart
+                .draw_series(DashedLineSeries::new(train, 8, 5, color.stroke_width(2)))
+                .map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(test, color.stroke_width(2)))
+                .map_err(err)?
+                .label(s.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+        }
+        chart
+            .configure_series_labels()
+            .position(if caption.starts_with("Loss") { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
+            .label_font((FONT, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+
+    // Zoom on the test loss around its minimum, each run's best epoch marked.
+    let bests: Vec<(usize, f64)> = series
+        .iter()
+        .filter_map(|s| s.history.best().map(|b| (b.epoch, b.val_loss)))
+        .collect();
+    let (lo_e, hi_e) = bests.iter().fold((usize::MAX, 0), |(lo, hi), &(e, _)| (lo.min(e), hi.max(e)));
+    let window = ((epochs as usize) / 6).max(5);
+    let x0 = lo_e.saturating_sub(window).max(1) as f64;
+    let x1 = ((hi_e + window) as f64).min(epochs).max(x0 + 1.0);
+    let in_window = |e: usize| (e as f64) >= x0 && (e as f64) <= x1;
+    let range = padded(series.iter().flat_map(|s| {
+        s.history.epochs.iter().filter(move |r| in_window(r.epoch)).map(|r| r.val_loss)
+    }));
+    let mut chart = ChartBuilder::on(&panels[2])
+        .caption("Test loss around its minimum (best epoch marked)", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, range.clone())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("test loss")
+        .x_labels(((x1 - x0) as usize + 1).min(10))
+        .x_label_formatter(&epoch_label)
+        .y_label_formatter(&value_label)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let test: Vec<(f64, f64)> = s
+            .history
+            .epochs
+            .iter()
+            .filter(|r| in_window(r.epoch))
+            .map(|r| (r.epoch as f64, r.val_loss))
+            .collect();
+        chart.draw_series(LineSeries::new(test, color.stroke_width(2))).map_err(err)?;
+        if let Some(best) = s.history.best() {
+            let (x, y) = (best.epoch as f64, best.val_loss);
+            chart
+                .draw_series(std::iter::once(DashedPathElement::new(
+                    vec![(x, range.start), (x, range.end)],
+                    4,
+                    4,
+                    color.stroke_width(1),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Circle::new((x, y), 6, color.filled())))
+                .map_err(err)?;
+            let (px, py) = chart.backend_coord(&(x0, range.end));
+            panels[2]
+                .draw(&Text::new(
+                    format!("{}: best epoch {} (test loss {:.4})", s.label, best.epoch, best.val_loss),
+                    (px + 12 - panels[2].get_base_pixel().0, py + 8 + 18 * i as i32 - panels[2].get_base_pixel().1),
+                    (FONT, 15).into_font().color(&color),
+                ))
+                .map_err(err)?;
+        }
+    }
+
+    // The train/test gap.
+    let gaps: Vec<Vec<(usize, f64)>> = series.iter().map(|s| analysis::gap(s.history)).collect();
+    let mut range = padded(gaps.iter().flatten().map(|&(_, g)| g));
+    range.start = range.start.min(0.0);
+    let mut chart = ChartBuilder::on(&panels[3])
+        .caption("Train/test gap: test loss minus train loss", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(1f64..epochs, range)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss gap")
+        .x_labels(x_ticks)
+        .x_label_formatter(&epoch_label)
+        .y_label_formatter(&value_label)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(err)?;
+    for (i, g) in gaps.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(g.iter().map(|&(e, v)| (e as f64, v)), color.stroke_width(2)))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -170,7 +170,8 @@ pub fn summary(
                     .with_note(activation.name()),
             );
         } else {
-            summary.push(LayerRow::new("Dense", vec![h], width * h + h).with_note(activation.name()));
+            summary
+                .push(LayerRow::new("Dense", vec![h], width * h + h).with_note(activation.name()));
         }
         if dropout > 0.0 {
             summary

@@ -69,7 +69,13 @@ pub fn reading(history: &History) -> String {
             "test loss is lowest at epoch {epoch} ({:.4}) and rises after it, to {:.4} at epoch {}, while \
              train loss keeps falling ({:.4} -> {:.4}): overfitting starts around epoch {epoch}; the \
              train/test loss gap grows from {:.3} to {:.3}.",
-            a.best_val_loss, a.final_val_loss, a.last_epoch, best.loss, a.final_train_loss, a.best_gap, a.final_gap
+            a.best_val_loss,
+            a.final_val_loss,
+            a.last_epoch,
+            best.loss,
+            a.final_train_loss,
+            a.best_gap,
+            a.final_gap
         ),
         None if a.best_epoch == a.last_epoch => format!(
             "test loss is still falling at the last epoch ({}; {:.4}): no overfitting within the run, \

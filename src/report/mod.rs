@@ -75,7 +75,11 @@ pub fn rows(runs: &[CompletedRun]) -> Vec<Row> {
 
 /// Draws the figures and writes `report.md`, `report.html` and `report.json` into `out_dir`.
 /// Returns the path of the HTML report.
-pub fn write_study_report(out_dir: &Path, study: &Study, groups: &[Vec<CompletedRun>]) -> Result<PathBuf> {
+pub fn write_study_report(
+    out_dir: &Path,
+    study: &Study,
+    groups: &[Vec<CompletedRun>],
+) -> Result<PathBuf> {
     let plots_dir = out_dir.join("plots");
     std::fs::create_dir_all(&plots_dir).map_err(|e| crate::Error::io(&plots_dir, e))?;
     let mut reports = Vec::new();
@@ -88,8 +92,10 @@ pub fn write_study_report(out_dir: &Path, study: &Study, groups: &[Vec<Completed
             })
             .collect();
         plots::write_figure(&series, &group.title, &plots_dir.join(&group.name))?;
-        let pairs: Vec<(&str, &crate::training::History)> =
-            runs.iter().map(|r| (r.planned.name.as_str(), &r.history)).collect();
+        let pairs: Vec<(&str, &crate::training::History)> = runs
+            .iter()
+            .map(|r| (r.planned.name.as_str(), &r.history))
+            .collect();
         reports.push(GroupReport {
             name: group.name.clone(),
             title: group.title.clone(),
@@ -201,7 +207,12 @@ pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<Str
         escape(&study.source.display().to_string())
     );
     for g in groups {
-        let _ = writeln!(out, "<h2 id=\"{}\">{}</h2>", escape(&g.name), escape(&g.title));
+        let _ = writeln!(
+            out,
+            "<h2 id=\"{}\">{}</h2>",
+            escape(&g.name),
+            escape(&g.title)
+        );
         if !g.description.is_empty() {
             let _ = writeln!(out, "<p>{}</p>", escape(g.description.trim()));
         }
@@ -227,11 +238,20 @@ pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<Str
             base64::engine::general_purpose::STANDARD.encode(png)
         );
         if !g.comparison.is_empty() {
-            let _ = writeln!(out, "<p class=\"reading\"><strong>{}</strong></p>", escape(&g.comparison));
+            let _ = writeln!(
+                out,
+                "<p class=\"reading\"><strong>{}</strong></p>",
+                escape(&g.comparison)
+            );
         }
         out.push_str("<ul>\n");
         for r in &g.rows {
-            let _ = writeln!(out, "<li><strong>{}</strong>: {}</li>", escape(&r.run), escape(&r.reading));
+            let _ = writeln!(
+                out,
+                "<li><strong>{}</strong>: {}</li>",
+                escape(&r.run),
+                escape(&r.reading)
+            );
         }
         out.push_str("</ul>\n");
     }

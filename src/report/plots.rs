@@ -98,7 +98,9 @@ pub fn write_svg(series: &[Series], title: &str, path: &Path) -> Result<()> {
 fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if !lo.is_finite() {
         return 0.0..1.0;
     }
@@ -116,11 +118,18 @@ fn value_label(v: &f64) -> String {
     if text == "-0.00" { "0.00".into() } else { text }
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], title: &str) -> std::result::Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[Series],
+    title: &str,
+) -> std::result::Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
     let root = root
-        .titled(&format!("{title}  (solid: test, dashed: train)"), (FONT, 26).into_font().style(FontStyle::Bold))
+        .titled(
+            &format!("{title}  (solid: test, dashed: train)"),
+            (FONT, 26).into_font().style(FontStyle::Bold),
+        )
         .map_err(err)?;
     let panels = root.split_evenly((2, 2));
     let epochs = series
@@ -134,7 +143,9 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
     // Loss and accuracy per epoch, train dashed and test solid.
     type Pick = fn(&crate::training::EpochRecord) -> (f64, f64);
     let metrics: [(&str, &str, Pick); 2] = [
-        ("Loss per epoch", "loss (cross-entropy)", |r| (r.loss, r.val_loss)),
+        ("Loss per epoch", "loss (cross-entropy)", |r| {
+            (r.loss, r.val_loss)
+        }),
         ("Accuracy per epoch", "accuracy", |r| (r.acc, r.val_acc)),
     ];
     for (panel, (caption, y_desc, pick)) in panels.iter().zip(metrics) {
@@ -164,8 +175,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
             .map_err(err)?;
         for (i, s) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let train: Vec<(f64, f64)> = s.history.epochs.iter().map(|r| (r.epoch as f64, pick(r).0)).collect();
-            let test: Vec<(f64, f64)> = s.history.epochs.iter().map(|r| (r.epoch as f64, pick(r).1)).collect();
+            let train: Vec<(f64, f64)> = s
+                .history
+                .epochs
+                .iter()
+                .map(|r| (r.epoch as f64, pick(r).0))
+                .collect();
+            let test: Vec<(f64, f64)> = s
+                .history
+                .epochs
+                .iter()
+                .map(|r| (r.epoch as f64, pick(r).1))
+                .collect();
             chart
                 .draw_series(DashedLineSeries::new(train, 8, 5, color.stroke_width(2)))
                 .map_err(err)?;
@@ -173,11 +194,17 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
                 .draw_series(LineSeries::new(test, color.stroke_width(2)))
                 .map_err(err)?
                 .label(s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
         }
         chart
             .configure_series_labels()
-            .position(if caption.starts_with("Loss") { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
+            .position(if caption.starts_with("Loss") {
+                SeriesLabelPosition::UpperRight
+            } else {
+                SeriesLabelPosition::LowerRight
+            })
             .label_font((FONT, 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
@@ -190,16 +217,25 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
         .iter()
         .filter_map(|s| s.history.best().map(|b| (b.epoch, b.val_loss)))
         .collect();
-    let (lo_e, hi_e) = bests.iter().fold((usize::MAX, 0), |(lo, hi), &(e, _)| (lo.min(e), hi.max(e)));
+    let (lo_e, hi_e) = bests
+        .iter()
+        .fold((usize::MAX, 0), |(lo, hi), &(e, _)| (lo.min(e), hi.max(e)));
     let window = ((epochs as usize) / 6).max(5);
     let x0 = lo_e.saturating_sub(window).max(1) as f64;
     let x1 = ((hi_e + window) as f64).min(epochs).max(x0 + 1.0);
     let in_window = |e: usize| (e as f64) >= x0 && (e as f64) <= x1;
     let range = padded(series.iter().flat_map(|s| {
-        s.history.epochs.iter().filter(move |r| in_window(r.epoch)).map(|r| r.val_loss)
+        s.history
+            .epochs
+            .iter()
+            .filter(move |r| in_window(r.epoch))
+            .map(|r| r.val_loss)
     }));
     let mut chart = ChartBuilder::on(&panels[2])
-        .caption("Test loss around its minimum (best epoch marked)", (FONT, 22))
+        .caption(
+            "Test loss around its minimum (best epoch marked)",
+            (FONT, 22),
+        )
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -225,7 +261,9 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
             .filter(|r| in_window(r.epoch))
             .map(|r| (r.epoch as f64, r.val_loss))
             .collect();
-        chart.draw_series(LineSeries::new(test, color.stroke_width(2))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(test, color.stroke_width(2)))
+            .map_err(err)?;
         if let Some(best) = s.history.best() {
             let (x, y) = (best.epoch as f64, best.val_loss);
             chart
@@ -242,8 +280,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
             let (px, py) = chart.backend_coord(&(x0, range.end));
             panels[2]
                 .draw(&Text::new(
-                    format!("{}: best epoch {} (test loss {:.4})", s.label, best.epoch, best.val_loss),
-                    (px + 12 - panels[2].get_base_pixel().0, py + 8 + 18 * i as i32 - panels[2].get_base_pixel().1),
+                    format!(
+                        "{}: best epoch {} (test loss {:.4})",
+                        s.label, best.epoch, best.val_loss
+                    ),
+                    (
+                        px + 12 - panels[2].get_base_pixel().0,
+                        py + 8 + 18 * i as i32 - panels[2].get_base_pixel().1,
+                    ),
                     (FONT, 15).into_font().color(&color),
                 ))
                 .map_err(err)?;
@@ -275,7 +319,10 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &[Series], tit
     for (i, g) in gaps.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         chart
-            .draw_series(LineSeries::new(g.iter().map(|&(e, v)| (e as f64, v)), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                g.iter().map(|&(e, v)| (e as f64, v)),
+                color.stroke_width(2),
+            ))
             .map_err(err)?;
     }
     root.present().map_err(err)?;

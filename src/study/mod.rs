@@ -80,7 +80,10 @@ impl Study {
         let origin = path.display().to_string();
         let file: StudyFile = toml::from_str(text)
             .map_err(|e| crate::training::config::toml_error(&origin, text, &e))?;
-        let ctx = Context { origin: &origin, text };
+        let ctx = Context {
+            origin: &origin,
+            text,
+        };
         if file.groups.is_empty() {
             return Err(Error::Config(format!(
                 "{origin}: the study has no [[group]]: add at least one group with a [[group.run]]"
@@ -222,7 +225,9 @@ impl Context<'_> {
         };
         let base = match special("preset") {
             Some(v) => match v.get_ref().as_str() {
-                Some(name) => TrainConfig::preset(name).map_err(|e| self.error(&v.span(), e.to_string()))?,
+                Some(name) => {
+                    TrainConfig::preset(name).map_err(|e| self.error(&v.span(), e.to_string()))?
+                }
                 None => return Err(self.error(&v.span(), "`preset` must be a string".into())),
             },
             None => TrainConfig::default(),
@@ -259,7 +264,9 @@ impl Context<'_> {
                         ));
                     }
                     if leaf.value.as_array().is_some_and(Vec::is_empty) {
-                        return Err(self.error(&leaf.span, format!("`{key}`: the list of values is empty")));
+                        return Err(
+                            self.error(&leaf.span, format!("`{key}`: the list of values is empty"))
+                        );
                     }
                     expansion = Some(leaf);
                     continue;
@@ -271,6 +278,9 @@ impl Context<'_> {
                 }
             }
         }
+        if let Some((_, v)) = run.iter().find(|(k, _)| k.get_ref() == "preset") {
+            settings.insert(0, ("preset".to_string(), display_value(v.get_ref())));
+        }
         let name = match run.iter().find(|(k, _)| k.get_ref() == "name") {
             Some((_, v)) => v
                 .get_ref()
@@ -279,10 +289,16 @@ impl Context<'_> {
                 .ok_or_else(|| self.error(&v.span(), "`name` must be a string".into()))?,
             None => group.to_string(),
         };
-        let finish = |table: &Table, name: String, varied: Option<(String, String)>, span: &std::ops::Range<usize>| {
-            let config: TrainConfig = Value::Table(table.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| self.error(span, format!("run {name:?}: {}", e.message().trim())))?;
+        let finish = |table: &Table,
+                      name: String,
+                      varied: Option<(String, String)>,
+                      span: &std::ops::Range<usize>| {
+            let config: TrainConfig =
+                Value::Table(table.clone())
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        self.error(span, format!("run {name:?}: {}", e.message().trim()))
+                    })?;
             config
                 .validate()
                 .map_err(|e| self.error(span, format!("run {name:?}: {e}")))?;
@@ -314,7 +330,12 @@ impl Context<'_> {
             self.set(&mut table, &leaf)?;
             let shown = display_value(&item);
             let run_name = format!("{name}-{}", shown.replace([' ', ',', '[', ']', '"'], ""));
-            runs.push(finish(&table, run_name, Some((key.clone(), shown)), &list.span)?);
+            runs.push(finish(
+                &table,
+                run_name,
+                Some((key.clone(), shown)),
+                &list.span,
+            )?);
         }
         Ok(runs)
     }
@@ -381,7 +402,11 @@ impl Context<'_> {
             (t, v) => {
                 return Err(self.error(
                     &leaf.span,
-                    format!("`{key}` must be {}, not {}", article(t.type_str()), article(v.type_str())),
+                    format!(
+                        "`{key}` must be {}, not {}",
+                        article(t.type_str()),
+                        article(v.type_str())
+                    ),
                 ));
             }
         };

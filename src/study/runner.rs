@@ -78,7 +78,10 @@ pub fn run(
                 .flatten()
             {
                 progress.skip(planned.config.epochs);
-                progress.say(&format!("{label}: already complete, reusing {}", dir.display()));
+                progress.say(&format!(
+                    "{label}: already complete, reusing {}",
+                    dir.display()
+                ));
                 CompletedRun {
                     planned: planned.clone(),
                     dir,
@@ -87,7 +90,10 @@ pub fn run(
                     reused: true,
                 }
             } else {
-                progress.say(&format!("{label}: training {} epochs", planned.config.epochs));
+                progress.say(&format!(
+                    "{label}: training {} epochs",
+                    planned.config.epochs
+                ));
                 let run_dir = RunDir::create(&runs_root, Some(&planned.name), &planned.name, true)?;
                 let mut config = planned.config.clone();
                 config.provenance = Some(Provenance {
@@ -224,7 +230,9 @@ impl StudyProgress {
 impl Reporter for StudyProgress {
     fn batch(&mut self, done: usize, total: usize, loss: f64, acc: f64) {
         if let Some(bar) = &self.epoch {
-            bar.set_message(format!("batch {done}/{total} - loss: {loss:.4} - acc: {acc:.4}"));
+            bar.set_message(format!(
+                "batch {done}/{total} - loss: {loss:.4} - acc: {acc:.4}"
+            ));
         }
     }
 
@@ -237,7 +245,9 @@ impl Reporter for StudyProgress {
         self.overall.set_message(format!("{:.0}s", eta));
         if let Some(bar) = &self.epoch {
             bar.set_position(record.epoch as u64);
-        } else if !self.quiet && (record.epoch == 1 || record.epoch % 10 == 0 || record.epoch == epochs) {
+        } else if !self.quiet
+            && (record.epoch == 1 || record.epoch.is_multiple_of(10) || record.epoch == epochs)
+        {
             println!("  {} {}", self.label, epoch_line(record, epochs));
         }
     }

@@ -1,0 +1,387 @@
+//! Study files: parsing and expansion, errors that name the key and line, resuming an
+//! interrupted study, and the report built from synthetic histories (opened in a real browser).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::TempDir;
+use fmnist::model::ActivationKind;
+use fmnist::study::runner::CompletedRun;
+use fmnist::study::{PlannedRun, Study};
+use fmnist::training::{EpochRecord, History, RunResult};
+
+fn parse(text: &str) -> Result<Study, fmnist::Error> {
+    Study::parse(text, Path::new("s.toml"))
+}
+
+fn parse_err(text: &str) -> String {
+    parse(text)
+        .expect_err("the study must be refused")
+        .to_string()
+}
+
+const ACTIVATIONS: &str = r#"
+title = "T"
+[defaults]
+epochs = 7
+lr = 0.01
+[[group]]
+name = "acts"
+[group.defaults]
+preset = "seed-mlp"
+[[group.run]]
+name = "mlp"
+activation = ["elu", "relu", "selu", "tanh", "sigmoid"]
+[[group.run]]
+name = "wide"
+hidden = [[120, 120], [30]]
+model.dropout = 0.2
+[[group]]
+name = "lin"
+[[group.run]]
+preset = "seed-linear"
+"#;
+
+#[test]
+fn lists_expand_into_one_run_per_value_and_defaults_apply() {
+    let study = parse(ACTIVATIONS).unwrap();
+    assert_eq!(study.title, "T");
+    let names: Vec<&str> = study.runs().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mlp-elu",
+            "mlp-relu",
+            "mlp-selu",
+            "mlp-tanh",
+            "mlp-sigmoid",
+            "wide-120-120",
+            "wide-30",
+            "lin"
+        ]
+    );
+    let runs: Vec<&PlannedRun> = study.runs().collect();
+    assert_eq!(runs[3].config.model.activation, ActivationKind::Tanh);
+    assert_eq!(
+        runs[3].varied,
+        Some(("model.activation".into(), "tanh".into()))
+    );
+    // Study defaults override the preset; the preset fills the rest.
+    assert!(
+        runs.iter()
+            .all(|r| r.config.epochs == 7 && r.config.optimizer.lr == 0.01)
+    );
+    assert_eq!(runs[0].config.schedule.hold_epochs, 30);
+    assert_eq!(runs[5].config.model.hidden, vec![120, 120]);
+    assert_eq!(runs[6].config.model.hidden, vec![30]);
+    assert_eq!(runs[6].config.model.dropout, 0.2);
+    // A run without a name takes its group's; the linear preset keeps its own schedule.
+    assert_eq!(runs[7].config.model.hidden, Vec::<usize>::new());
+    assert_eq!(runs[7].config.schedule.hold_epochs, 150);
+    assert_eq!(study.total_epochs(), 8 * 7);
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_key_and_line() {
+    let msg =
+        parse_err("[[group]]\nname = \"g\"\n[[group.run]]\nname = \"r\"\nactivaton = \"elu\"\n");
+    assert!(msg.starts_with("s.toml:5:1:"), "{msg}");
+    assert!(msg.contains("unknown key `activaton`"), "{msg}");
+    let msg = parse_err("[[group]]\nname = \"g\"\n[[group.run]]\nepochs = \"ten\"\n");
+    assert!(msg.starts_with("s.toml:4:1:"), "{msg}");
+    assert!(
+        msg.contains("`epochs` must be an integer, not a string"),
+        "{msg}"
+    );
+    let msg = parse_err("[[group]]\nname = \"g\"\n[[group.run]]\nactivation = \"swish\"\n");
+    assert!(
+        msg.starts_with("s.toml:4:1:") && msg.contains("swish"),
+        "{msg}"
+    );
+    let msg = parse_err("[[group]]\nname = \"g\"\n[[group.run]]\n[group.run.model]\nhiden = [1]\n");
+    assert!(msg.contains("unknown key `model.hiden`"), "{msg}");
+    let msg = parse_err("[[group]]\nname = \"g\"\n[[group.run]]\ndropout = 1.5\n");
+    assert!(msg.contains("model.dropout = 1.5"), "{msg}");
+    let msg = parse_err(
+        "[[group]]\nname = \"g\"\n[[group.run]]\nlr = [0.1, 0.2]\ndropout = [0.1, 0.2]\n",
+    );
+    assert!(msg.contains("one parameter only"), "{msg}");
+    let msg = parse_err("colour = 1\n[[group]]\nname = \"g\"\n[[group.run]]\n");
+    assert!(
+        msg.starts_with("s.toml:1:1:") && msg.contains("colour"),
+        "{msg}"
+    );
+    let msg = parse_err(
+        "[[group]]\nname = \"g\"\n[[group.run]]\nname = \"a\"\n[[group.run]]\nname = \"a\"\n",
+    );
+    assert!(msg.contains("two runs are named \"a\""), "{msg}");
+    assert!(parse_err("title = \"x\"\n").contains("no [[group]]"));
+}
+
+#[test]
+fn shipped_studies_parse() {
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("studies")).unwrap() {
+        let path = entry.unwrap().path();
+        let study = Study::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!study.groups.is_empty(), "{}", path.display());
+    }
+    let seed =
+        Study::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/seed.toml")).unwrap();
+    let groups: Vec<&str> = seed.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(
+        groups,
+        ["linear", "mlp", "activations", "dropout", "remedies"]
+    );
+    assert_eq!(seed.groups[0].runs[0].config.epochs, 300);
+    assert_eq!(seed.groups[2].runs.len(), 5);
+}
+
+/// A history whose test loss bottoms out at `best` and rises after it.
+fn synthetic_history(epochs: usize, best: usize, offset: f64) -> History {
+    History {
+        epochs: (1..=epochs)
+            .map(|e| {
+                let loss = 1.0 / e as f64 + offset;
+                let val_loss =
+                    0.4 + 0.01 * (e as f64 - best as f64).powi(2) / epochs as f64 + offset;
+                EpochRecord {
+                    epoch: e,
+                    lr: 0.05,
+                    loss,
+                    acc: 1.0 - loss / 3.0,
+                    val_loss,
+                    val_acc: 1.0 - val_loss / 3.0,
+                    seconds: 0.1,
+                    eval_seconds: 0.01,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn completed(planned: &PlannedRun, history: History) -> CompletedRun {
+    let best = history.best().unwrap().clone();
+    let last = history.last().unwrap().clone();
+    CompletedRun {
+        planned: planned.clone(),
+        dir: PathBuf::from("/nowhere"),
+        result: RunResult {
+            name: planned.name.clone(),
+            epochs: history.epochs.len(),
+            test_acc: last.val_acc,
+            test_loss: last.val_loss,
+            best,
+            last,
+            seconds_per_epoch: 0.1,
+            total_seconds: 1.0,
+            parameters: 51_370,
+            stopped_epoch: None,
+            final_weights: "last".into(),
+        },
+        history,
+        reused: false,
+    }
+}
+
+fn synthetic_report(dir: &Path) -> PathBuf {
+    let study = parse(ACTIVATIONS).unwrap();
+    let groups: Vec<Vec<CompletedRun>> = study
+        .groups
+        .iter()
+        .map(|g| {
+            g.runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| completed(r, synthetic_history(40, 12 + 3 * i, 0.01 * i as f64)))
+                .collect()
+        })
+        .collect();
+    fmnist::report::write_study_report(dir, &study, &groups).unwrap()
+}
+
+#[test]
+fn report_from_synthetic_histories() {
+    let dir = TempDir::new("report");
+    let html = synthetic_report(dir.path());
+    for file in [
+        "report.md",
+        "report.json",
+        "plots/acts.png",
+        "plots/acts.svg",
+        "plots/lin.png",
+        "plots/lin.svg",
+    ] {
+        let path = dir.path().join(file);
+        assert!(
+            path.is_file() && std::fs::metadata(&path).unwrap().len() > 1000,
+            "{file}"
+        );
+    }
+    let png = std::fs::read(dir.path().join("plots/acts.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(dir.path().join("plots/acts.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("mlp-tanh") && svg.contains("best epoch 21"),
+        "svg labels"
+    );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    // mlp-elu bottoms out at epoch 12 (hand-computed: the parabola's vertex) and rises after it.
+    assert!(
+        md.contains("| mlp-elu | model.activation=elu | 12/40 | 0.4000 |"),
+        "{md}"
+    );
+    assert!(md.contains("overfitting starts around epoch 12"), "{md}");
+    // Final gap of mlp-elu: val_loss(40) - loss(40) = 0.4 + 0.01*28^2/40 - 1/40.
+    let gap = 0.4 + 0.01 * 28f64.powi(2) / 40.0 - 1.0 / 40.0;
+    assert!(
+        md.contains(&format!("| {gap:.3} |")),
+        "gap {gap:.3} in {md}"
+    );
+    assert!(
+        md.contains("![3. Activation functions](plots/acts.png)")
+            || md.contains("](plots/acts.png)")
+    );
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(text.matches("data:image/png;base64,").count(), 2);
+    assert!(text.contains("<td>mlp-sigmoid</td>"));
+}
+
+/// Opens the report in headless Chromium with a probe script appended: every image must load and
+/// no error may be reported.
+#[test]
+fn report_opens_in_a_real_browser() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("Chromium is needed for this test: apt-get install chromium (.ci/run installs it)");
+    let dir = TempDir::new("browser");
+    let html = synthetic_report(dir.path());
+    let probe = r#"<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || (e.target && e.target.src) || 'error')), true);
+const origError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
+  const p = document.createElement('pre');
+  p.id = 'probe';
+  p.textContent = `PROBE images=${imgs.length} broken=${broken} errors=${window.__errors.length}`;
+  document.body.appendChild(p);
+});
+</script>"#;
+    let text = std::fs::read_to_string(&html)
+        .unwrap()
+        .replace("<head>", &format!("<head>\n{probe}"));
+    let probed = dir.path().join("probed.html");
+    std::fs::write(&probed, text).unwrap();
+    let profile = TempDir::new("chromium-profile");
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", probed.display()),
+        ])
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("PROBE images=2 broken=0 errors=0"),
+        "probe result missing or wrong; stderr: {}\nDOM tail: {}",
+        String::from_utf8_lossy(&out.stderr),
+        &dom[dom.len().saturating_sub(400)..]
+    );
+}
+
+fn dataset() -> fmnist::data::FashionMnist {
+    fmnist::data::load(
+        fmnist::data::files::Location {
+            dir: common::real_data_dir(),
+            origin: fmnist::data::files::Origin::Flag,
+        },
+        false,
+    )
+    .unwrap()
+}
+
+fn run_study(text: &str, out: &Path, force: bool) -> Vec<CompletedRun> {
+    let study = Study::parse(text, Path::new("resume.toml")).unwrap();
+    let options = fmnist::study::runner::StudyOptions {
+        out_dir: out.to_path_buf(),
+        force,
+        quiet: true,
+        provenance: Default::default(),
+    };
+    let device = burn::prelude::Device::default();
+    fmnist::study::runner::run(&study, &dataset(), &device, &options)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+const FIRST_PART: &str = r#"
+[defaults]
+epochs = 1
+preset = "seed-linear"
+[[group]]
+name = "g"
+[[group.run]]
+name = "lr"
+lr = [0.05, 0.02]
+"#;
+
+#[test]
+fn an_interrupted_study_resumes_without_retraining_completed_runs() {
+    let out = TempDir::new("resume");
+    let first = run_study(FIRST_PART, out.path(), false);
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|r| !r.reused));
+    let weights = out.path().join("runs/lr-0.05/model-last.bpk");
+    let stamp = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    // The second run was interrupted: its result never written.
+    std::fs::remove_file(out.path().join("runs/lr-0.02/result.json")).unwrap();
+    // The study is extended with a third value and run again.
+    let extended = FIRST_PART.replace("[0.05, 0.02]", "[0.05, 0.02, 0.01]");
+    let second = run_study(&extended, out.path(), false);
+    let reused: Vec<(&str, bool)> = second
+        .iter()
+        .map(|r| (r.planned.name.as_str(), r.reused))
+        .collect();
+    assert_eq!(
+        reused,
+        [("lr-0.05", true), ("lr-0.02", false), ("lr-0.01", false)]
+    );
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        stamp,
+        "not retrained"
+    );
+    assert_eq!(second[0].history, first[0].history);
+    // A changed recipe under the same name is retrained, and --force retrains everything.
+    let changed = extended.replace("epochs = 1", "epochs = 2");
+    assert!(
+        run_study(&changed, out.path(), false)
+            .iter()
+            .all(|r| !r.reused)
+    );
+    assert!(
+        run_study(&changed, out.path(), false)
+            .iter()
+            .all(|r| r.reused)
+    );
+    assert!(
+        run_study(&changed, out.path(), true)
+            .iter()
+            .all(|r| !r.reused)
+    );
+}

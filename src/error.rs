@@ -43,6 +43,16 @@ pub enum Error {
         batch: usize,
         lr: f64,
     },
+    /// Training stopped on SIGINT or SIGTERM after writing a checkpoint.
+    #[error(
+        "interrupted: checkpoint saved at epoch {epoch}, batch {batch}; continue with `fmnist train --resume {}`",
+        run.display()
+    )]
+    Interrupted {
+        run: PathBuf,
+        epoch: usize,
+        batch: usize,
+    },
     /// A saved model, checkpoint or run directory cannot be used.
     #[error("{}: {reason}", path.display())]
     Run { path: PathBuf, reason: String },
@@ -85,6 +95,7 @@ impl Error {
             | Error::Usage(_)
             | Error::Run { .. } => 2,
             Error::Io { .. } | Error::Download(_) | Error::Diverged { .. } => 1,
+            Error::Interrupted { .. } => 130,
         }
     }
 }

@@ -178,6 +178,7 @@ fn completed(planned: &PlannedRun, history: History) -> CompletedRun {
             parameters: 51_370,
             stopped_epoch: None,
             final_weights: "last".into(),
+            skipped_batches: 0,
         },
         history,
         reused: false,
@@ -320,6 +321,7 @@ fn run_study(text: &str, out: &Path, force: bool) -> Vec<CompletedRun> {
         force,
         quiet: true,
         provenance: Default::default(),
+        train: Default::default(),
     };
     let device = burn::prelude::Device::default();
     fmnist::study::runner::run(&study, &dataset(), &device, &options)

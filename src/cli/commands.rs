@@ -3,14 +3,19 @@
 use burn::prelude::*;
 use serde_json::json;
 
-use super::{DataAction, DataCommand, EvalArgs, PlotArgs, StudyArgs, SummaryArgs, TrainArgs};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::{
+    DataAction, DataCommand, EvalArgs, PlotArgs, RecipeArgs, StudyArgs, SummaryArgs, TrainArgs,
+};
 use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
 use crate::evaluation::evaluate;
 use crate::training::config::Provenance;
 use crate::training::progress::{Console, final_report};
-use crate::training::{self, RunDir};
+use crate::training::{self, RunDir, TrainOptions};
 
 /// The Burn version fmnist is pinned to (Cargo.toml: `burn = "=0.22.1"`).
 pub const BURN_VERSION: &str = "0.22.1";
@@ -148,6 +153,10 @@ pub fn study(args: StudyArgs) -> Result<()> {
         force: args.force,
         quiet: args.quiet,
         provenance: provenance(String::new(), &dataset),
+        train: TrainOptions {
+            interrupt: Some(interrupt_flag()?),
+            ..Default::default()
+        },
     };
     let groups = crate::study::runner::run(&study, &dataset, &device(), &options)?;
     let report = crate::report::write_study_report(&out_dir, &study, &groups)?;
@@ -204,7 +213,42 @@ pub fn plot(args: PlotArgs) -> Result<()> {
     Ok(())
 }
 
+/// A flag set by the first SIGINT or SIGTERM; a second one exits at once with code 130 (every
+/// file on disk is written atomically, so that is safe).
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .map_err(|e| Error::Usage(format!("cannot install the signal handler: {e}")))?;
+    }
+    Ok(flag)
+}
+
 pub fn train(args: TrainArgs) -> Result<()> {
+    let options = TrainOptions {
+        checkpoint_every: args.checkpoint_every,
+        interrupt: Some(interrupt_flag()?),
+        on_nan: args.on_nan,
+    };
+    let mut console = Console::new(args.quiet);
+    if let Some(dir) = &args.resume {
+        if args.recipe != RecipeArgs::default() || args.name.is_some() {
+            return Err(Error::Usage(
+                "--resume continues a run with its saved configuration: drop the recipe flags and --name"
+                    .into(),
+            ));
+        }
+        let run = RunDir::open(dir)?;
+        let config = run.read_config()?;
+        let dataset = data::obtain(&args.data.options())?;
+        if !args.quiet {
+            println!("Resuming {} from its checkpoint", run.path.display());
+        }
+        let result = training::resume(&dataset, &run, &device(), &mut console, &options)?;
+        println!("{}", final_report(&config, &result, &run.path));
+        return Ok(());
+    }
     let mut config = args.recipe.resolve()?;
     let dataset = data::obtain(&args.data.options())?;
     let run = RunDir::create(
@@ -230,8 +274,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             run.path.display()
         );
     }
-    let mut console = Console::new(args.quiet);
-    let result = training::train(&config, &dataset, &run, &device(), &mut console)?;
+    let result = training::train_with(&config, &dataset, &run, &device(), &mut console, &options)?;
     println!("{}", final_report(&config, &result, &run.path));
     Ok(())
 }

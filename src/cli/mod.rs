@@ -99,7 +99,7 @@ pub enum DataAction {
 }
 
 /// A training recipe: a preset or TOML file, then flag overrides.
-#[derive(Debug, Clone, Args, Default)]
+#[derive(Debug, Clone, Args, Default, PartialEq)]
 pub struct RecipeArgs {
     /// Start from a shipped preset (seed-linear, seed-mlp).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
@@ -156,13 +156,13 @@ pub struct RecipeArgs {
     pub standardize: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 pub enum ArchArg {
     Linear,
     Mlp,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 pub enum OptimizerArg {
     Sgd,
     Adam,
@@ -170,7 +170,7 @@ pub enum OptimizerArg {
     Rmsprop,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 pub enum ScheduleArg {
     Constant,
     HoldDecay,
@@ -285,6 +285,15 @@ pub struct TrainArgs {
     /// Print only the final report.
     #[arg(long)]
     pub quiet: bool,
+    /// Continue a stopped run from its checkpoint, with its saved configuration.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Also write a checkpoint every N batches (one is always written at the end of each epoch).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// What to do when a batch's loss is NaN or infinite.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub on_nan: crate::training::NanPolicy,
 }
 
 #[derive(Debug, Args)]

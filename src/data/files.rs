@@ -118,9 +118,14 @@ fn missing_in(dir: &Path) -> Vec<FileSpec> {
 /// Checks that a directory the user named holds all four files.
 fn require(dir: &Path, origin: Origin) -> Result<Location> {
     if !dir.is_dir() {
+        let what = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
         return Err(Error::Data {
             path: dir.to_path_buf(),
-            reason: format!("data directory (from {origin}) does not exist"),
+            reason: format!("data directory (from {origin}) {what}"),
             fix: format!(
                 "pass a directory holding the four Fashion-MNIST files, or {INSTALL_HINT}"
             ),

@@ -12,9 +12,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::{PlannedRun, Study};
 use crate::data::FashionMnist;
 use crate::error::Result;
+use crate::training::checkpoint::Checkpoint;
 use crate::training::config::{Provenance, TrainConfig};
 use crate::training::progress::epoch_line;
-use crate::training::{self, EpochRecord, History, Reporter, RunDir, RunResult};
+use crate::training::{self, EpochRecord, History, Reporter, RunDir, RunResult, TrainOptions};
 
 /// A run of the study, trained or reused.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct StudyOptions {
     pub quiet: bool,
     /// Provenance template recorded in each run's configuration.
     pub provenance: Provenance,
+    /// Checkpointing and interruption, passed to every run.
+    pub train: TrainOptions,
 }
 
 /// Trains (or reuses) every run of `study` and returns them group by group.
@@ -90,18 +93,35 @@ pub fn run(
                     reused: true,
                 }
             } else {
-                progress.say(&format!(
-                    "{label}: training {} epochs",
-                    planned.config.epochs
-                ));
-                let run_dir = RunDir::create(&runs_root, Some(&planned.name), &planned.name, true)?;
+                let resumable = !options.force && resumable(&dir, &planned.config);
+                let run_dir = if resumable {
+                    progress.say(&format!("{label}: resuming from its checkpoint"));
+                    RunDir::open(&dir)?
+                } else {
+                    progress.say(&format!(
+                        "{label}: training {} epochs",
+                        planned.config.epochs
+                    ));
+                    RunDir::create(&runs_root, Some(&planned.name), &planned.name, true)?
+                };
                 let mut config = planned.config.clone();
                 config.provenance = Some(Provenance {
                     preset: format!("study {}", study.source.display()),
                     ..options.provenance.clone()
                 });
                 progress.begin_run(&label, config.epochs);
-                let result = training::train(&config, data, &run_dir, device, &mut progress)?;
+                let result = if resumable {
+                    training::resume(data, &run_dir, device, &mut progress, &options.train)?
+                } else {
+                    training::train_with(
+                        &config,
+                        data,
+                        &run_dir,
+                        device,
+                        &mut progress,
+                        &options.train,
+                    )?
+                };
                 progress.end_run();
                 progress.say(&format!(
                     "{label}: best epoch {} (test loss {:.4}, acc {:.4}), final acc {:.4}, {:.2}s/epoch",
@@ -126,6 +146,16 @@ pub fn run(
     }
     progress.finish();
     Ok(groups)
+}
+
+/// Whether `dir` holds an unfinished run of `config`'s recipe with a usable checkpoint.
+fn resumable(dir: &Path, config: &TrainConfig) -> bool {
+    let Ok(run) = RunDir::open(dir) else {
+        return false;
+    };
+    run.read_config()
+        .is_ok_and(|saved| saved.recipe() == config.recipe())
+        && Checkpoint::load(dir).is_ok_and(|c| !c.position.finished)
 }
 
 /// The history and result of a finished run in `dir` trained with `config`'s recipe, if any.

@@ -2,6 +2,7 @@
 //! ([`schedule`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
 //! history ([`history`]) and run directories ([`run_dir`]).
 
+pub mod checkpoint;
 pub mod config;
 pub mod history;
 pub mod optimizer;
@@ -13,4 +14,4 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use history::{EpochRecord, History};
 pub use run_dir::{RunDir, RunResult, Weights};
-pub use trainer::{Reporter, train};
+pub use trainer::{NanPolicy, Reporter, TrainOptions, resume, train, train_with};

@@ -52,6 +52,16 @@ pub struct RunResult {
     /// Which weights the run ends with: `last`, or `best` when early stopping restores them.
     #[serde(default)]
     pub final_weights: String,
+    /// Batches skipped because their loss was not finite (`--on-nan skip`).
+    #[serde(default)]
+    pub skipped_batches: usize,
+}
+
+fn unwritable(path: &Path, err: std::io::Error) -> Error {
+    Error::Run {
+        path: path.to_path_buf(),
+        reason: format!("cannot create the run directory ({err}); choose a writable --runs-dir"),
+    }
 }
 
 /// A run directory on disk.
@@ -64,7 +74,7 @@ impl RunDir {
     /// Creates `root/name`, or `root/<label>-<n>` with the first free `n` when no name is given.
     /// An existing directory is an error unless `overwrite` is set, in which case it is replaced.
     pub fn create(root: &Path, name: Option<&str>, label: &str, overwrite: bool) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        fs::create_dir_all(root).map_err(|e| unwritable(root, e))?;
         if let Some(name) = name {
             if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
                 return Err(Error::Usage(format!(
@@ -83,7 +93,7 @@ impl RunDir {
                 }
                 fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
             }
-            fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+            fs::create_dir(&path).map_err(|e| unwritable(&path, e))?;
             return Ok(RunDir { path });
         }
         for n in 1.. {
@@ -91,7 +101,7 @@ impl RunDir {
             match fs::create_dir(&path) {
                 Ok(()) => return Ok(RunDir { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(e) => return Err(unwritable(&path, e)),
             }
         }
         unreachable!("some run number is always free")

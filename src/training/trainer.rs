@@ -1,26 +1,32 @@
 //! The training loop: shuffle, forward, cross-entropy, backward, optimiser step; evaluate on the
-//! validation data after every epoch; keep the best and the last weights.
+//! validation data after every epoch; keep the best and the last weights; checkpoint at the end of
+//! every epoch (and every N batches on request) so that a stopped run continues exactly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::checkpoint::{Checkpoint, Position};
 use super::config::{EarlyStopping, TrainConfig};
-use super::history::{EpochRecord, History};
+use super::history::EpochRecord;
 use super::run_dir::{RunDir, RunResult, Weights};
 use crate::data::batcher::Batcher;
 use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
 use crate::evaluation::evaluate;
+use crate::model::Model;
 
 /// Receives progress events; the console, a study's progress view and tests implement it.
 pub trait Reporter {
-    /// Before the first epoch.
+    /// Before the first epoch (of this process).
     fn start(&mut self, _config: &TrainConfig, _batches_per_epoch: usize) {}
     /// Before each epoch (`epoch` is 1-based).
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _lr: f64) {}
@@ -34,11 +40,32 @@ pub trait Reporter {
 pub struct Silent;
 impl Reporter for Silent {}
 
-/// SplitMix64: derives independent seeds for each epoch and purpose from the run's one seed, so
-/// that any epoch's randomness can be recreated without replaying the epochs before it.
-pub fn derive_seed(seed: u64, epoch: usize, stream: u64) -> u64 {
+/// What to do when a batch's loss is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NanPolicy {
+    /// Stop with an error naming the epoch, batch and learning rate; the last checkpoint stays.
+    #[default]
+    Stop,
+    /// Skip the batch (no optimiser step) and go on; skipped batches are counted.
+    Skip,
+}
+
+/// How a run is carried out; none of it changes the results.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Also checkpoint every this many batches (0: only at the end of each epoch).
+    pub checkpoint_every: usize,
+    /// When set (by SIGINT or SIGTERM), checkpoint after the current batch and stop.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    pub on_nan: NanPolicy,
+}
+
+/// SplitMix64 over the run's seed, an epoch, a batch and a purpose: every batch's randomness can
+/// be recreated without replaying what came before it, which makes resuming exact.
+pub fn derive_seed(seed: u64, epoch: usize, batch: usize, stream: u64) -> u64 {
     let mut z = seed
         ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (batch as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
         ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -50,45 +77,25 @@ const STREAM_SHUFFLE: u64 = 1;
 const STREAM_DEVICE: u64 = 2;
 const STREAM_AUGMENT: u64 = 3;
 
-/// Keras's `EarlyStopping` on the validation loss.
-struct Stopper {
-    patience: usize,
-    min_delta: f64,
-    best: f64,
-    wait: usize,
+/// Keras's `EarlyStopping` on the validation loss; returns true when training should stop.
+fn should_stop(config: &EarlyStopping, position: &mut Position, val_loss: f64) -> bool {
+    if config.patience == 0 {
+        return false;
+    }
+    if val_loss < position.stop_best.unwrap_or(f64::INFINITY) - config.min_delta {
+        position.stop_best = Some(val_loss);
+        position.stop_wait = 0;
+        return false;
+    }
+    position.stop_wait += 1;
+    position.stop_wait >= config.patience
 }
 
-impl Stopper {
-    fn new(config: &EarlyStopping) -> Self {
-        Stopper {
-            patience: config.patience,
-            min_delta: config.min_delta,
-            best: f64::INFINITY,
-            wait: 0,
-        }
-    }
-
-    /// Records an epoch's validation loss; true when training should stop.
-    fn should_stop(&mut self, val_loss: f64) -> bool {
-        if self.patience == 0 {
-            return false;
-        }
-        if val_loss < self.best - self.min_delta {
-            self.best = val_loss;
-            self.wait = 0;
-            return false;
-        }
-        self.wait += 1;
-        self.wait >= self.patience
-    }
-}
-
-/// Trains `config` on `data`, writing the configuration, model summary, history, weights and
-/// result into `run`.
+/// Trains `config` on `data` from scratch, writing the configuration, model summary, history,
+/// weights, checkpoints and result into `run`.
 ///
 /// The run is reproducible from `config.seed` for a given thread count. Burn's device random
 /// generator is process-wide, so train one model at a time per process.
-/// `device` is a plain (non-autodiff) device; training uses its autodiff form.
 pub fn train(
     config: &TrainConfig,
     data: &FashionMnist,
@@ -96,153 +103,361 @@ pub fn train(
     device: &Device,
     reporter: &mut dyn Reporter,
 ) -> Result<RunResult> {
-    let started = Instant::now();
+    train_with(
+        config,
+        data,
+        run,
+        device,
+        reporter,
+        &TrainOptions::default(),
+    )
+}
+
+/// [`train`] with options.
+pub fn train_with(
+    config: &TrainConfig,
+    data: &FashionMnist,
+    run: &RunDir,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+    options: &TrainOptions,
+) -> Result<RunResult> {
     run.write_config(config)?;
     crate::fsio::write_text(
         &run.file("summary.txt"),
         &format!("{}\n", config.model.summary()),
     )?;
-    let (train_split, val_split): (Split, Split) = if config.data.val_split > 0.0 {
-        data.train.clone().split_last(config.data.val_split)
-    } else {
-        (data.train.clone(), data.test.clone())
-    };
-    let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let mut model = config.model.init(&train_device);
-    let mut optimizer = config.optimizer.init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+    let model = config.model.init(&train_device);
+    let optimizer = config.optimizer.init();
+    let position = Position::default();
+    save_checkpoint(run, &model, &optimizer, &position)?;
+    Trainer::new(config, data, run, device, options).run(model, optimizer, position, reporter)
+}
 
-    let n = train_split.len();
-    let batches = n.div_ceil(config.batch_size);
-    reporter.start(config, batches);
-    let mut history = History::default();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut best_model = None;
-    let mut stopper = Stopper::new(&config.early_stopping);
-    let mut stopped_epoch = None;
+/// Continues the run in `run` from its checkpoint, with the configuration saved there.
+pub fn resume(
+    data: &FashionMnist,
+    run: &RunDir,
+    device: &Device,
+    reporter: &mut dyn Reporter,
+    options: &TrainOptions,
+) -> Result<RunResult> {
+    let config = run.read_config()?;
+    let checkpoint = Checkpoint::load(&run.path)?;
+    if checkpoint.position.finished {
+        return Err(Error::Run {
+            path: run.path.clone(),
+            reason: "the run has already finished; nothing to resume".into(),
+        });
+    }
+    clean_temporaries(&run.path);
+    let train_device = device.clone().autodiff();
+    let wrong_model = |e: String| Error::Run {
+        path: run.file(super::checkpoint::FILE_NAME),
+        reason: format!(
+            "the checkpoint does not fit this run's model ({e}); it belongs to another run"
+        ),
+    };
+    let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(checkpoint.model))
+        .map_err(|e| wrong_model(e.to_string()))?;
+    let model = config
+        .model
+        .init(&train_device)
+        .try_load_record(record)
+        .map_err(|e| wrong_model(e.to_string()))?
+        .train();
+    let optimizer = config
+        .optimizer
+        .init()
+        .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
+        .map_err(|e| wrong_model(e.to_string()))?;
+    Trainer::new(&config, data, run, device, options).run(
+        model,
+        optimizer,
+        checkpoint.position,
+        reporter,
+    )
+}
 
-    for epoch in 0..config.epochs {
-        let lr = config
-            .schedule
-            .lr_at(config.optimizer.lr, epoch, config.epochs);
-        reporter.epoch_start(epoch + 1, config.epochs, lr);
-        train_device.seed(derive_seed(config.seed, epoch, STREAM_DEVICE));
-        order.sort_unstable();
-        order.shuffle(&mut StdRng::seed_from_u64(derive_seed(
-            config.seed,
-            epoch,
-            STREAM_SHUFFLE,
-        )));
-
-        let mut augment_rng =
-            StdRng::seed_from_u64(derive_seed(config.seed, epoch, STREAM_AUGMENT));
-        let augmentation = config.data.augmentation();
-
-        let epoch_start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
-        for (b, indices) in order.chunks(config.batch_size).enumerate() {
-            let batch = batcher.batch_augmented(
-                &train_split,
-                indices,
-                augmentation,
-                &mut augment_rng,
-                &train_device,
-            );
-            let logits = model.forward(batch.images);
-            let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
-            let loss_value = loss.clone().into_scalar::<f64>();
-            if !loss_value.is_finite() {
-                return Err(Error::Diverged {
-                    value: loss_value,
-                    epoch: epoch + 1,
-                    batch: b + 1,
-                    lr,
-                });
+/// Removes temporary files left by a process killed while writing.
+fn clean_temporaries(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
             }
-            correct += logits
-                .argmax(1)
-                .squeeze_dim::<1>(1)
-                .equal(batch.targets)
-                .int()
-                .sum()
-                .into_scalar::<i64>();
-            loss_sum += loss_value * indices.len() as f64;
-            seen += indices.len();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(lr, model, grads);
-            reporter.batch(
-                b + 1,
-                batches,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-            );
         }
-        let seconds = epoch_start.elapsed().as_secs_f64();
+    }
+}
 
-        let eval_start = Instant::now();
-        let valid = model.valid();
-        let scores = evaluate(&valid, &val_split, &batcher, device, config.eval_batch_size);
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            loss: loss_sum / seen as f64,
-            acc: correct as f64 / seen as f64,
-            val_loss: scores.loss,
-            val_acc: scores.accuracy,
-            seconds,
-            eval_seconds: eval_start.elapsed().as_secs_f64(),
+fn save_checkpoint(
+    run: &RunDir,
+    model: &Model,
+    optimizer: &ModuleOptimizer,
+    position: &Position,
+) -> Result<()> {
+    let path = run.file(super::checkpoint::FILE_NAME);
+    let failed = |e: String| Error::io(&path, std::io::Error::other(e));
+    let model = model
+        .clone()
+        .valid()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| failed(e.to_string()))?
+        .to_vec();
+    let optimizer = optimizer
+        .into_bytes()
+        .map_err(|e| failed(e.to_string()))?
+        .to_vec();
+    Checkpoint {
+        position: position.clone(),
+        model,
+        optimizer,
+    }
+    .save(&run.path)
+}
+
+/// One run's fixed inputs.
+struct Trainer<'a> {
+    config: &'a TrainConfig,
+    data: &'a FashionMnist,
+    run: &'a RunDir,
+    device: &'a Device,
+    options: &'a TrainOptions,
+    train_split: Split,
+    val_split: Split,
+    batcher: Batcher,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(
+        config: &'a TrainConfig,
+        data: &'a FashionMnist,
+        run: &'a RunDir,
+        device: &'a Device,
+        options: &'a TrainOptions,
+    ) -> Self {
+        let (train_split, val_split) = if config.data.val_split > 0.0 {
+            data.train.clone().split_last(config.data.val_split)
+        } else {
+            (data.train.clone(), data.test.clone())
         };
-        let improved = history.best().is_none_or(|b| record.val_loss < b.val_loss);
-        history.epochs.push(record.clone());
-        if improved {
-            run.save_weights(&valid, Weights::Best)?;
-            best_model = Some(valid.clone());
-        }
-        run.save_weights(&valid, Weights::Last)?;
-        history.write(&run.path)?;
-        reporter.epoch_end(&record, config.epochs);
-        if stopper.should_stop(record.val_loss) {
-            stopped_epoch = Some(epoch + 1);
-            break;
+        let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
+        Trainer {
+            config,
+            data,
+            run,
+            device,
+            options,
+            train_split,
+            val_split,
+            batcher,
         }
     }
 
-    let best = history.best().cloned().expect("at least one epoch ran");
-    let last = history.last().cloned().expect("at least one epoch ran");
-    let restore = config.early_stopping.patience > 0 && config.early_stopping.restore_best;
-    let final_model = match (restore, best_model) {
-        (true, Some(best_model)) => best_model,
-        _ => model.valid(),
-    };
-    let (test_loss, test_acc) = if config.data.val_split > 0.0 {
-        let scores = evaluate(
-            &final_model,
-            &data.test,
-            &batcher,
-            device,
-            config.eval_batch_size,
-        );
-        (scores.loss, scores.accuracy)
-    } else if restore {
-        (best.val_loss, best.val_acc)
-    } else {
-        (last.val_loss, last.val_acc)
-    };
-    let result = RunResult {
-        name: run.name(),
-        epochs: history.epochs.len(),
-        seconds_per_epoch: history.steady_seconds_per_epoch(),
-        total_seconds: started.elapsed().as_secs_f64(),
-        parameters: config.model.summary().total_params(),
-        best,
-        last,
-        test_acc,
-        test_loss,
-        stopped_epoch,
-        final_weights: if restore { "best" } else { "last" }.into(),
-    };
-    run.write_result(&result)?;
-    Ok(result)
+    fn interrupted(&self) -> bool {
+        self.options
+            .interrupt
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
+
+    fn run(
+        &self,
+        mut model: Model,
+        mut optimizer: ModuleOptimizer,
+        mut position: Position,
+        reporter: &mut dyn Reporter,
+    ) -> Result<RunResult> {
+        let (config, run) = (self.config, self.run);
+        let started = Instant::now();
+        let elapsed_before = position.elapsed_seconds;
+        let train_device = self.device.clone().autodiff();
+        let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+        let n = self.train_split.len();
+        let batches = n.div_ceil(config.batch_size);
+        let augmentation = config.data.augmentation();
+        reporter.start(config, batches);
+        let mut order: Vec<usize> = (0..n).collect();
+
+        while position.epoch < config.epochs && !position.finished {
+            let epoch = position.epoch;
+            let lr = config
+                .schedule
+                .lr_at(config.optimizer.lr, epoch, config.epochs);
+            reporter.epoch_start(epoch + 1, config.epochs, lr);
+            order.sort_unstable();
+            order.shuffle(&mut StdRng::seed_from_u64(derive_seed(
+                config.seed,
+                epoch,
+                0,
+                STREAM_SHUFFLE,
+            )));
+
+            let mut clock = Instant::now();
+            for (b, indices) in order
+                .chunks(config.batch_size)
+                .enumerate()
+                .skip(position.batch)
+            {
+                train_device.seed(derive_seed(config.seed, epoch, b, STREAM_DEVICE));
+                let mut augment_rng =
+                    StdRng::seed_from_u64(derive_seed(config.seed, epoch, b, STREAM_AUGMENT));
+                let batch = self.batcher.batch_augmented(
+                    &self.train_split,
+                    indices,
+                    augmentation,
+                    &mut augment_rng,
+                    &train_device,
+                );
+                let logits = model.forward(batch.images);
+                let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
+                let loss_value = loss.clone().into_scalar::<f64>();
+                position.batch = b + 1;
+                if loss_value.is_finite() {
+                    position.correct += logits
+                        .argmax(1)
+                        .squeeze_dim::<1>(1)
+                        .equal(batch.targets)
+                        .int()
+                        .sum()
+                        .into_scalar::<i64>();
+                    position.loss_sum += loss_value * indices.len() as f64;
+                    position.seen += indices.len();
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optimizer.step(lr, model, grads);
+                } else if self.options.on_nan == NanPolicy::Skip {
+                    position.skipped_batches += 1;
+                } else {
+                    return Err(Error::Diverged {
+                        value: loss_value,
+                        epoch: epoch + 1,
+                        batch: b + 1,
+                        lr,
+                    });
+                }
+                let seen = position.seen.max(1) as f64;
+                reporter.batch(
+                    b + 1,
+                    batches,
+                    position.loss_sum / seen,
+                    position.correct as f64 / seen,
+                );
+                let every = self.options.checkpoint_every;
+                let interrupted = self.interrupted();
+                if b + 1 < batches && (interrupted || (every > 0 && (b + 1) % every == 0)) {
+                    position.epoch_seconds += clock.elapsed().as_secs_f64();
+                    position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+                    save_checkpoint(run, &model, &optimizer, &position)?;
+                    clock = Instant::now();
+                    if interrupted {
+                        return Err(Error::Interrupted {
+                            run: run.path.clone(),
+                            epoch: epoch + 1,
+                            batch: b + 1,
+                        });
+                    }
+                }
+            }
+            let seconds = position.epoch_seconds + clock.elapsed().as_secs_f64();
+
+            let eval_start = Instant::now();
+            let valid = model.valid();
+            let scores = evaluate(
+                &valid,
+                &self.val_split,
+                &self.batcher,
+                self.device,
+                config.eval_batch_size,
+            );
+            let seen = position.seen.max(1) as f64;
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                loss: position.loss_sum / seen,
+                acc: position.correct as f64 / seen,
+                val_loss: scores.loss,
+                val_acc: scores.accuracy,
+                seconds,
+                eval_seconds: eval_start.elapsed().as_secs_f64(),
+            };
+            let improved = position
+                .history
+                .best()
+                .is_none_or(|b| record.val_loss < b.val_loss);
+            position.history.epochs.push(record.clone());
+            if improved {
+                run.save_weights(&valid, Weights::Best)?;
+            }
+            run.save_weights(&valid, Weights::Last)?;
+            position.history.write(&run.path)?;
+            let stop = should_stop(&config.early_stopping, &mut position, record.val_loss);
+            position.epoch += 1;
+            position.batch = 0;
+            position.loss_sum = 0.0;
+            position.correct = 0;
+            position.seen = 0;
+            position.epoch_seconds = 0.0;
+            position.finished = stop || position.epoch == config.epochs;
+            position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+            save_checkpoint(run, &model, &optimizer, &position)?;
+            reporter.epoch_end(&record, config.epochs);
+            if !position.finished && self.interrupted() {
+                return Err(Error::Interrupted {
+                    run: run.path.clone(),
+                    epoch: epoch + 2,
+                    batch: 0,
+                });
+            }
+        }
+        self.finish(&position, model)
+    }
+
+    /// Writes `result.json` once the run has ended.
+    fn finish(&self, position: &Position, model: Model) -> Result<RunResult> {
+        let (config, run) = (self.config, self.run);
+        let history = &position.history;
+        let best = history.best().cloned().expect("at least one epoch ran");
+        let last = history.last().cloned().expect("at least one epoch ran");
+        let stopped_early = history.epochs.len() < config.epochs;
+        let restore = config.early_stopping.patience > 0 && config.early_stopping.restore_best;
+        let final_model = if restore {
+            run.load_weights(config.model.init(self.device), Weights::Best)?
+        } else {
+            model.valid()
+        };
+        let (test_loss, test_acc) = if config.data.val_split > 0.0 {
+            let scores = evaluate(
+                &final_model,
+                &self.data.test,
+                &self.batcher,
+                self.device,
+                config.eval_batch_size,
+            );
+            (scores.loss, scores.accuracy)
+        } else if restore {
+            (best.val_loss, best.val_acc)
+        } else {
+            (last.val_loss, last.val_acc)
+        };
+        let result = RunResult {
+            name: run.name(),
+            epochs: history.epochs.len(),
+            seconds_per_epoch: history.steady_seconds_per_epoch(),
+            total_seconds: position.elapsed_seconds,
+            parameters: config.model.summary().total_params(),
+            best,
+            last,
+            test_acc,
+            test_loss,
+            stopped_epoch: stopped_early.then_some(history.epochs.len()),
+            final_weights: if restore { "best" } else { "last" }.into(),
+            skipped_batches: position.skipped_batches,
+        };
+        run.write_result(&result)?;
+        Ok(result)
+    }
 }

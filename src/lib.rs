@@ -10,6 +10,7 @@ pub mod error;
 pub mod evaluation;
 pub mod fsio;
 pub mod model;
+pub mod ops;
 pub mod report;
 pub mod study;
 pub mod training;

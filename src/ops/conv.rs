@@ -1,0 +1,260 @@
+//! 2-D convolution (stride 1, zero padding, square kernel) on the CPU: im2col per image into the
+//! `gemm` crate's AVX-512 kernels, images spread over rayon's threads, with its own backward
+//! (weight, bias and input gradients).
+
+use rayon::prelude::*;
+
+/// Shapes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    pub fn out_height(&self) -> usize {
+        self.height + 2 * self.padding + 1 - self.kernel
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.width + 2 * self.padding + 1 - self.kernel
+    }
+
+    /// Rows of the im2col matrix: `in_channels * kernel * kernel`.
+    pub fn patch(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    /// Output pixels per channel.
+    pub fn out_pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    fn in_image(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    fn out_image(&self) -> usize {
+        self.out_channels * self.out_pixels()
+    }
+}
+
+/// `cols[(c*k + ky)*k + kx][oy*ow + ox] = x[c][oy + ky - p][ox + kx - p]` (zero outside).
+fn im2col(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
+    let (k, p) = (s.kernel, s.padding as isize);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    for c in 0..s.in_channels {
+        let plane = &x[c * s.height * s.width..(c + 1) * s.height * s.width];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    let iy = oy as isize + ky as isize - p;
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= s.height as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.width..(iy as usize + 1) * s.width];
+                    let shift = kx as isize - p;
+                    // Valid output columns: 0 <= ox + shift < width.
+                    let lo = (-shift).clamp(0, ow as isize) as usize;
+                    let hi = (s.width as isize - shift).clamp(0, ow as isize) as usize;
+                    dst[..lo].fill(0.0);
+                    if hi > lo {
+                        let start = (lo as isize + shift) as usize;
+                        dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    }
+                    dst[hi.max(lo)..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: accumulates `cols` back into the image gradient `dx` (zeroed here).
+fn col2im(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
+    dx.fill(0.0);
+    let (k, p) = (s.kernel, s.padding as isize);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    for c in 0..s.in_channels {
+        let plane = &mut dx[c * s.height * s.width..(c + 1) * s.height * s.width];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &cols[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    let iy = oy as isize + ky as isize - p;
+                    if iy < 0 || iy >= s.height as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * s.width..(iy as usize + 1) * s.width];
+                    let shift = kx as isize - p;
+                    let lo = (-shift).clamp(0, ow as isize) as usize;
+                    let hi = (s.width as isize - shift).clamp(0, ow as isize) as usize;
+                    for ox in lo..hi {
+                        dst[(ox as isize + shift) as usize] += row[oy * ow + ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major `dst[m×n] (+)= a[m×k] · b[k×n]`, with explicit strides for transposed operands.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    (a_rs, a_cs): (isize, isize),
+    b: &[f32],
+    (b_rs, b_cs): (isize, isize),
+    parallel: bool,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the slices outlive the call and cover every index the strides reach: `dst` is
+    // m×n row-major, and the callers pass strides that stay within `a` and `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+    }
+}
+
+/// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`.
+pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (patch, pixels) = (s.patch(), s.out_pixels());
+    let mut out = vec![0f32; s.batch * s.out_image()];
+    out.par_chunks_mut(s.out_image())
+        .zip(x.par_chunks(s.in_image()))
+        .for_each_init(
+            || vec![0f32; patch * pixels],
+            |cols, (out_i, x_i)| {
+                im2col(s, x_i, cols);
+                matmul(
+                    s.out_channels,
+                    pixels,
+                    patch,
+                    out_i,
+                    false,
+                    weight,
+                    (patch as isize, 1),
+                    cols,
+                    (pixels as isize, 1),
+                    false,
+                );
+                for (o, row) in out_i.chunks_mut(pixels).enumerate() {
+                    let b = bias[o];
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            },
+        );
+    out
+}
+
+/// Gradients of [`forward`] given the output gradient `dy`: `(dweight, dbias, dx)`, the input
+/// gradient only when `need_dx`.
+pub fn backward(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
+    // Weight and bias gradients: sum over images of dy_i · cols_iᵀ, one partial sum per task.
+    let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
+    let per_task = s.batch.div_ceil(tasks);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let mut dw = vec![0f32; o * patch];
+            let mut db = vec![0f32; o];
+            let mut cols = vec![0f32; patch * pixels];
+            for i in t * per_task..((t + 1) * per_task).min(s.batch) {
+                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                let dy_i = &dy[i * s.out_image()..(i + 1) * s.out_image()];
+                im2col(s, x_i, &mut cols);
+                // dw[o×patch] += dy_i[o×pixels] · cols[patch×pixels]ᵀ
+                matmul(
+                    o,
+                    patch,
+                    pixels,
+                    &mut dw,
+                    true,
+                    dy_i,
+                    (pixels as isize, 1),
+                    &cols,
+                    (1, pixels as isize),
+                    false,
+                );
+                for (c, row) in dy_i.chunks(pixels).enumerate() {
+                    db[c] += row.iter().sum::<f32>();
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let (mut dw, mut db) = parts.next().unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
+    for (w, b) in parts {
+        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
+    let dx = need_dx.then(|| {
+        let mut dx = vec![0f32; s.batch * s.in_image()];
+        dx.par_chunks_mut(s.in_image())
+            .zip(dy.par_chunks(s.out_image()))
+            .for_each_init(
+                || vec![0f32; patch * pixels],
+                |dcols, (dx_i, dy_i)| {
+                    // dcols[patch×pixels] = weight[o×patch]ᵀ · dy_i[o×pixels]
+                    matmul(
+                        patch,
+                        pixels,
+                        o,
+                        dcols,
+                        false,
+                        weight,
+                        (1, patch as isize),
+                        dy_i,
+                        (pixels as isize, 1),
+                        false,
+                    );
+                    col2im(s, dcols, dx_i);
+                },
+            );
+        dx
+    });
+    (dw, db, dx)
+}

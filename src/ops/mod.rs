@@ -1,0 +1,207 @@
+//! Faster CPU kernels for the `flex` backend, written as a Burn backend extension with their own
+//! backward passes: convolution (im2col + AVX-512 GEMM) and 2x2 max pooling. Other backends (CUDA,
+//! wgpu) keep Burn's own operations; [`conv2d`] and [`max_pool2x2`] pick the path by device.
+
+pub mod conv;
+pub mod pool;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::module::{conv2d as burn_conv2d, max_pool2d as burn_max_pool2d};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+
+use conv::ConvShape;
+
+/// The operations fmnist implements itself on the CPU.
+#[backend_extension(Autodiff, Flex)]
+pub trait CpuKernels: burn::backend::Backend {
+    /// Stride-1 convolution with square `weight` `[out, in, k, k]`, bias `[out]` and zero padding.
+    fn fast_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+    /// 2x2 max pooling with stride 2.
+    fn fast_max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Whether `device` runs on the flex CPU backend (with or without autodiff).
+pub fn is_flex(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}
+
+/// Convolution with stride 1: the fast kernel on flex, Burn's elsewhere.
+///
+/// # Shapes
+///   - x: `[batch, in, height, width]`, weight: `[out, in, k, k]`, bias: `[out]`
+///   - output: `[batch, out, height + 2 padding - k + 1, width + 2 padding - k + 1]`
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
+    if is_flex(&x.device()) {
+        let out = <Dispatch as CpuKernels>::fast_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            padding,
+        );
+        return Tensor::from_dispatch(out);
+    }
+    burn_conv2d(
+        x,
+        weight,
+        Some(bias),
+        ConvOptions::new([1, 1], [padding, padding], [1, 1], 1),
+    )
+}
+
+/// 2x2 max pooling, stride 2: the fast kernel on flex, Burn's elsewhere.
+///
+/// # Shapes
+///   - x: `[batch, channels, height, width]`
+///   - output: `[batch, channels, height / 2, width / 2]`
+pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
+    if is_flex(&x.device()) {
+        return Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_max_pool2x2(x.into_dispatch()));
+    }
+    burn_max_pool2d(x, MaxPoolOptions::new([2, 2]))
+}
+
+/// The values of a flex tensor as a contiguous `f32` vector.
+fn values(t: &FlexTensor) -> Vec<f32> {
+    let t = if t.is_contiguous() { t.clone() } else { t.to_contiguous() };
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("flex float tensors hold f32")
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let shape = t.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
+fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape {
+    let [batch, in_channels, height, width] = dims4(x);
+    let [out_channels, w_in, kernel, kw] = dims4(weight);
+    assert_eq!(w_in, in_channels, "conv2d: weight expects {w_in} input channels, got {in_channels}");
+    assert_eq!(kernel, kw, "conv2d: only square kernels are supported");
+    ConvShape {
+        batch,
+        in_channels,
+        out_channels,
+        height,
+        width,
+        kernel,
+        padding,
+    }
+}
+
+impl CpuKernels for Flex {
+    fn fast_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, padding: usize) -> FlexTensor {
+        let s = conv_shape(&x, &weight, padding);
+        let out = conv::forward(&s, &values(&x), &values(&weight), &values(&bias));
+        tensor(out, [s.batch, s.out_channels, s.out_height(), s.out_width()])
+    }
+
+    fn fast_max_pool2x2(x: FlexTensor) -> FlexTensor {
+        let [n, c, h, w] = dims4(&x);
+        let (out, _) = pool::forward(&values(&x), n * c, h, w);
+        tensor(out, [n, c, h / 2, w / 2])
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    /// The input, the weight and the padding.
+    type State = (FlexTensor, FlexTensor, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, weight, padding) = ops.state;
+        let s = conv_shape(&x, &weight, padding);
+        let (dw, db, dx) = conv::backward(&s, &values(&x), &values(&weight), &values(&dy), node_x.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, [s.batch, s.in_channels, s.height, s.width]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, [s.out_channels]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// Which input held each maximum, and the input shape.
+    type State = (Vec<u8>, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (arg, [n, c, h, w]) = ops.state;
+        if let Some(node) = node_x {
+            let dx = pool::backward(&values(&dy), &arg, n * c, h, w);
+            grads.register::<Flex>(node.id, tensor(dx, [n, c, h, w]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn fast_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let out = Flex::fast_conv2d(x.clone(), weight.clone(), bias.into_primitive(), padding);
+                prep.finish((x, weight, padding), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::fast_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                padding,
+            ))
+            }
+        }
+    }
+
+    fn fast_max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let [n, c, h, w] = dims4(x.primitive());
+                let (out, arg) = pool::forward(&values(x.primitive()), n * c, h, w);
+                prep.finish((arg, [n, c, h, w]), tensor(out, [n, c, h / 2, w / 2]))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fast_max_pool2x2(x.into_primitive())),
+        }
+    }
+}

@@ -8,11 +8,17 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use fmnist::ops;
 
 fn assert_close(name: &str, a: Tensor<4>, b: Tensor<4>, tol: f32) {
-    let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+    let (a, b) = (
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap(),
+    );
     assert_eq!(a.len(), b.len(), "{name}: lengths");
     let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= tol * scale, "{name}[{i}]: {x} vs {y} (scale {scale})");
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{name}[{i}]: {x} vs {y} (scale {scale})"
+        );
     }
 }
 
@@ -33,8 +39,10 @@ fn convolution_matches_burn_forward_and_backward() {
         (2, 32, 16, 11, 11, 3, 1),
     ];
     for (n, c, o, h, w, k, p) in cases {
-        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let weight = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.3), &device).require_grad();
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let weight = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.3), &device)
+            .require_grad();
         let bias = Tensor::<1>::random([o], Distribution::Normal(0.0, 0.3), &device).require_grad();
         let fast = ops::conv2d(x.clone(), weight.clone(), bias.clone(), p);
         let reference = conv2d(
@@ -46,11 +54,26 @@ fn convolution_matches_burn_forward_and_backward() {
         assert_eq!(fast.dims(), reference.dims());
         let probe = Tensor::<4>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &device);
         let tag = format!("conv {n}x{c}x{h}x{w} -> {o}, k{k} p{p}");
-        assert_close(&format!("{tag} forward"), fast.clone(), reference.clone(), 1e-5);
+        assert_close(
+            &format!("{tag} forward"),
+            fast.clone(),
+            reference.clone(),
+            1e-5,
+        );
         let g_fast = (fast * probe.clone()).sum().backward();
         let g_ref = (reference * probe).sum().backward();
-        assert_close(&format!("{tag} dx"), grad4(&x, &g_fast), grad4(&x, &g_ref), 1e-4);
-        assert_close(&format!("{tag} dw"), grad4(&weight, &g_fast), grad4(&weight, &g_ref), 1e-4);
+        assert_close(
+            &format!("{tag} dx"),
+            grad4(&x, &g_fast),
+            grad4(&x, &g_ref),
+            1e-4,
+        );
+        assert_close(
+            &format!("{tag} dw"),
+            grad4(&weight, &g_fast),
+            grad4(&weight, &g_ref),
+            1e-4,
+        );
         let (db_fast, db_ref) = (bias.grad(&g_fast).unwrap(), bias.grad(&g_ref).unwrap());
         assert_close(
             &format!("{tag} db"),
@@ -67,10 +90,17 @@ fn input_that_needs_no_gradient_gets_none() {
     let x = Tensor::<4>::ones([2, 1, 5, 5], &device);
     let weight = Tensor::<4>::ones([2, 1, 3, 3], &device).require_grad();
     let bias = Tensor::<1>::zeros([2], &device).require_grad();
-    let grads = ops::conv2d(x.clone(), weight.clone(), bias, 0).sum().backward();
+    let grads = ops::conv2d(x.clone(), weight.clone(), bias, 0)
+        .sum()
+        .backward();
     assert!(x.grad(&grads).is_none());
     // Each weight sees 2 images x 9 output pixels of ones.
-    let dw = weight.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    let dw = weight
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     assert!(dw.iter().all(|&v| v == 18.0), "{dw:?}");
 }
 
@@ -79,16 +109,27 @@ fn max_pool_matches_burn_forward_and_backward() {
     let device = Device::flex().autodiff();
     device.seed(5);
     for (n, c, h, w) in [(2, 3, 8, 8), (1, 4, 7, 9), (3, 32, 26, 26), (2, 2, 11, 11)] {
-        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
         let fast = ops::max_pool2x2(x.clone());
         let reference = max_pool2d(x.clone(), MaxPoolOptions::new([2, 2]));
         assert_eq!(fast.dims(), [n, c, h / 2, w / 2]);
         let tag = format!("pool {n}x{c}x{h}x{w}");
-        assert_close(&format!("{tag} forward"), fast.clone(), reference.clone(), 0.0);
+        assert_close(
+            &format!("{tag} forward"),
+            fast.clone(),
+            reference.clone(),
+            0.0,
+        );
         let probe = Tensor::<4>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &device);
         let g_fast = (fast * probe.clone()).sum().backward();
         let g_ref = (reference * probe).sum().backward();
-        assert_close(&format!("{tag} dx"), grad4(&x, &g_fast), grad4(&x, &g_ref), 0.0);
+        assert_close(
+            &format!("{tag} dx"),
+            grad4(&x, &g_fast),
+            grad4(&x, &g_ref),
+            0.0,
+        );
     }
 }
 
@@ -99,7 +140,12 @@ fn works_without_autodiff_too() {
     let weight = Tensor::<4>::random([4, 3, 3, 3], Distribution::Default, &device);
     let bias = Tensor::<1>::random([4], Distribution::Default, &device);
     let fast = ops::conv2d(x.clone(), weight.clone(), bias.clone(), 1);
-    let reference = conv2d(x.clone(), weight, Some(bias), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+    let reference = conv2d(
+        x.clone(),
+        weight,
+        Some(bias),
+        ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+    );
     assert_close("plain conv", fast, reference, 1e-5);
     assert_close(
         "plain pool",

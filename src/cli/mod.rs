@@ -160,6 +160,9 @@ pub struct RecipeArgs {
 pub enum ArchArg {
     Linear,
     Mlp,
+    Cnn,
+    CnnBn,
+    Resnet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -191,6 +194,9 @@ impl RecipeArgs {
             c.model.arch = match arch {
                 ArchArg::Linear => Arch::Linear,
                 ArchArg::Mlp => Arch::Mlp,
+                ArchArg::Cnn => Arch::Cnn,
+                ArchArg::CnnBn => Arch::CnnBn,
+                ArchArg::Resnet => Arch::Resnet,
             };
             if c.model.arch == Arch::Linear {
                 c.model.hidden.clear();

@@ -4,6 +4,7 @@
 //! loss (cross-entropy on logits), which is the same function as Keras's softmax output layer with
 //! categorical cross-entropy.
 
+pub mod cnn;
 pub mod mlp;
 pub mod summary;
 
@@ -11,6 +12,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use cnn::{ConvNet, ResNet};
 pub use mlp::{ActivationKind, Mlp};
 pub use summary::{LayerRow, Summary};
 
@@ -22,6 +24,13 @@ pub enum Arch {
     Linear,
     /// Flatten -> (Dense -> activation -> dropout)* -> Dense(10).
     Mlp,
+    /// (Conv 3x3 valid -> MaxPool 2x2 -> ReLU) per entry of `channels` -> Dense(`dense`) -> dropout -> Dense(10).
+    Cnn,
+    /// (2 x [Conv 3x3 same -> BatchNorm -> ReLU] -> MaxPool 2x2) per entry of `channels` -> dense head.
+    CnnBn,
+    /// Stem conv, `blocks[i]` residual blocks of `channels[i]` channels per stage, global average
+    /// pooling, dropout, Dense(10).
+    Resnet,
 }
 
 /// Model configuration, as it appears under `[model]` in a TOML file.
@@ -36,8 +45,14 @@ pub struct ModelConfig {
     pub activation: ActivationKind,
     /// Dropout rate after each hidden layer's activation; 0 disables it.
     pub dropout: f64,
-    /// Batch normalisation between each hidden Dense layer and its activation.
+    /// Batch normalisation between each hidden Dense layer and its activation (MLP).
     pub batch_norm: bool,
+    /// Convolution channels per stage (CNN, ResNet).
+    pub channels: Vec<usize>,
+    /// Width of the dense layer before the classifier (CNN); 0 for none.
+    pub dense: usize,
+    /// Residual blocks per stage (ResNet).
+    pub blocks: Vec<usize>,
 }
 
 impl Default for ModelConfig {
@@ -49,6 +64,9 @@ impl Default for ModelConfig {
             activation: ActivationKind::Relu,
             dropout: 0.0,
             batch_norm: false,
+            channels: vec![32, 64],
+            dense: 128,
+            blocks: vec![2, 2, 2],
         }
     }
 }
@@ -71,41 +89,110 @@ impl ModelConfig {
                 self.dropout
             )));
         }
+        let bad = |key: &str, why: String| Err(Error::Config(format!("model.{key}: {why}")));
         match self.arch {
-            Arch::Linear if !self.hidden.is_empty() => Err(Error::Config(format!(
-                "model.hidden = {:?}: the linear model has no hidden layers (use arch = \"mlp\")",
-                self.hidden
-            ))),
-            Arch::Mlp if self.hidden.contains(&0) => Err(Error::Config(format!(
-                "model.hidden = {:?}: every hidden layer needs at least one unit",
-                self.hidden
-            ))),
+            Arch::Linear if !self.hidden.is_empty() => bad(
+                "hidden",
+                format!(
+                    "{:?}: the linear model has no hidden layers (use arch = \"mlp\")",
+                    self.hidden
+                ),
+            ),
+            Arch::Mlp if self.hidden.contains(&0) => bad(
+                "hidden",
+                format!(
+                    "{:?}: every hidden layer needs at least one unit",
+                    self.hidden
+                ),
+            ),
+            Arch::Cnn | Arch::CnnBn | Arch::Resnet
+                if self.channels.is_empty() || self.channels.contains(&0) =>
+            {
+                bad(
+                    "channels",
+                    format!(
+                        "{:?}: give at least one stage, each with at least one channel",
+                        self.channels
+                    ),
+                )
+            }
+            Arch::Cnn if self.channels.len() > 3 => bad(
+                "channels",
+                format!(
+                    "{:?}: at most 3 stages fit a 28x28 image with unpadded convolutions",
+                    self.channels
+                ),
+            ),
+            Arch::CnnBn if self.channels.len() > 4 => bad(
+                "channels",
+                format!(
+                    "{:?}: at most 4 pooled stages fit a 28x28 image",
+                    self.channels
+                ),
+            ),
+            Arch::Resnet if self.channels.len() != self.blocks.len() || self.channels.len() > 4 => {
+                bad(
+                    "blocks",
+                    format!(
+                        "{:?}: give one block count per entry of channels {:?} (at most 4 stages)",
+                        self.blocks, self.channels
+                    ),
+                )
+            }
             _ => Ok(()),
         }
     }
 
     /// Builds the model with freshly initialised weights (Glorot-uniform kernels, zero biases).
     pub fn init(&self, device: &Device) -> Model {
-        let hidden = match self.arch {
-            Arch::Linear => &[][..],
-            Arch::Mlp => &self.hidden[..],
-        };
-        Model::Mlp(Mlp::new(
-            hidden,
-            self.activation,
-            self.dropout,
-            self.batch_norm,
-            device,
-        ))
+        match self.arch {
+            Arch::Linear | Arch::Mlp => Model::Mlp(Mlp::new(
+                self.mlp_hidden(),
+                self.activation,
+                self.dropout,
+                self.batch_norm,
+                device,
+            )),
+            Arch::Cnn | Arch::CnnBn => Model::Cnn(ConvNet::new(
+                &self.channels,
+                self.dense,
+                self.dropout,
+                self.arch == Arch::CnnBn,
+                device,
+            )),
+            Arch::Resnet => Model::Resnet(ResNet::new(
+                &self.channels,
+                &self.blocks,
+                self.dropout,
+                device,
+            )),
+        }
+    }
+
+    fn mlp_hidden(&self) -> &[usize] {
+        match self.arch {
+            Arch::Mlp => &self.hidden,
+            _ => &[],
+        }
     }
 
     /// The Keras-style layer table of the model this configuration builds.
     pub fn summary(&self) -> Summary {
-        let hidden = match self.arch {
-            Arch::Linear => &[][..],
-            Arch::Mlp => &self.hidden[..],
-        };
-        mlp::summary(hidden, self.activation, self.dropout, self.batch_norm)
+        match self.arch {
+            Arch::Linear | Arch::Mlp => mlp::summary(
+                self.mlp_hidden(),
+                self.activation,
+                self.dropout,
+                self.batch_norm,
+            ),
+            Arch::Cnn | Arch::CnnBn => cnn::convnet_summary(
+                &self.channels,
+                self.dense,
+                self.dropout,
+                self.arch == Arch::CnnBn,
+            ),
+            Arch::Resnet => cnn::resnet_summary(&self.channels, &self.blocks, self.dropout),
+        }
     }
 }
 
@@ -113,6 +200,8 @@ impl ModelConfig {
 #[derive(Module, Debug)]
 pub enum Model {
     Mlp(Mlp),
+    Cnn(ConvNet),
+    Resnet(ResNet),
 }
 
 impl Model {
@@ -122,6 +211,8 @@ impl Model {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
             Model::Mlp(m) => m.forward(images),
+            Model::Cnn(m) => m.forward(images),
+            Model::Resnet(m) => m.forward(images),
         }
     }
 }

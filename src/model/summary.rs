@@ -129,7 +129,7 @@ fn bytes(params: usize) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const W: [usize; 4] = [29, 26, 12, 14];
+        const W: [usize; 4] = [36, 24, 12, 14];
         let width: usize = W.iter().sum();
         writeln!(f, "Model: \"{}\"", self.model_name)?;
         writeln!(f, "{}", "_".repeat(width))?;

@@ -226,7 +226,9 @@ pub fn backward(
         })
         .collect();
     let mut parts = partials.into_iter();
-    let (mut dw, mut db) = parts.next().unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
+    let (mut dw, mut db) = parts
+        .next()
+        .unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
     for (w, b) in parts {
         dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
         db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);

@@ -70,18 +70,26 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) 
 ///   - output: `[batch, channels, height / 2, width / 2]`
 pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
     if is_flex(&x.device()) {
-        return Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_max_pool2x2(x.into_dispatch()));
+        return Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_max_pool2x2(
+            x.into_dispatch(),
+        ));
     }
     burn_max_pool2d(x, MaxPoolOptions::new([2, 2]))
 }
 
-/// The values of a flex tensor as a contiguous `f32` vector.
-fn values(t: &FlexTensor) -> Vec<f32> {
-    let t = if t.is_contiguous() { t.clone() } else { t.to_contiguous() };
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("flex float tensors hold f32")
+/// The values of a flex tensor as a contiguous `f32` slice: borrowed when the tensor already is
+/// one (the usual case), copied otherwise.
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("flex float tensors hold f32"),
+        ),
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
@@ -96,7 +104,10 @@ fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
 fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape {
     let [batch, in_channels, height, width] = dims4(x);
     let [out_channels, w_in, kernel, kw] = dims4(weight);
-    assert_eq!(w_in, in_channels, "conv2d: weight expects {w_in} input channels, got {in_channels}");
+    assert_eq!(
+        w_in, in_channels,
+        "conv2d: weight expects {w_in} input channels, got {in_channels}"
+    );
     assert_eq!(kernel, kw, "conv2d: only square kernels are supported");
     ConvShape {
         batch,
@@ -110,10 +121,18 @@ fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape 
 }
 
 impl CpuKernels for Flex {
-    fn fast_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, padding: usize) -> FlexTensor {
+    fn fast_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: usize,
+    ) -> FlexTensor {
         let s = conv_shape(&x, &weight, padding);
         let out = conv::forward(&s, &values(&x), &values(&weight), &values(&bias));
-        tensor(out, [s.batch, s.out_channels, s.out_height(), s.out_width()])
+        tensor(
+            out,
+            [s.batch, s.out_channels, s.out_height(), s.out_width()],
+        )
     }
 
     fn fast_max_pool2x2(x: FlexTensor) -> FlexTensor {
@@ -135,12 +154,24 @@ impl Backward<Flex, 3> for ConvBackward {
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, weight, padding) = ops.state;
         let s = conv_shape(&x, &weight, padding);
-        let (dw, db, dx) = conv::backward(&s, &values(&x), &values(&weight), &values(&dy), node_x.is_some());
+        let (dw, db, dx) = conv::backward(
+            &s,
+            &values(&x),
+            &values(&weight),
+            &values(&dy),
+            node_x.is_some(),
+        );
         if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, tensor(dx, [s.batch, s.in_channels, s.height, s.width]));
+            grads.register::<Flex>(
+                node.id,
+                tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
+            );
         }
         if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]));
+            grads.register::<Flex>(
+                node.id,
+                tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
+            );
         }
         if let Some(node) = node_b {
             grads.register::<Flex>(node.id, tensor(db, [s.out_channels]));
@@ -180,22 +211,25 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let out = Flex::fast_conv2d(x.clone(), weight.clone(), bias.into_primitive(), padding);
+                let out =
+                    Flex::fast_conv2d(x.clone(), weight.clone(), bias.into_primitive(), padding);
                 prep.finish((x, weight, padding), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::fast_conv2d(
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fast_conv2d(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
                 padding,
-            ))
-            }
+            )),
         }
     }
 
     fn fast_max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        match PoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
                 let [n, c, h, w] = dims4(x.primitive());
                 let (out, arg) = pool::forward(&values(x.primitive()), n * c, h, w);

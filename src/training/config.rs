@@ -12,12 +12,13 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 2] = [
+pub const PRESETS: [(&str, &str); 3] = [
     (
         "seed-linear",
         include_str!("../../presets/seed-linear.toml"),
     ),
     ("seed-mlp", include_str!("../../presets/seed-mlp.toml")),
+    ("cnn", include_str!("../../presets/cnn.toml")),
 ];
 
 /// The `[data]` table.

@@ -1,0 +1,354 @@
+//! Convolutional networks: the classic conv/pool stack (`cnn`), the same with batch normalisation
+//! and "same" padding (`cnn-bn`), and a residual network (`resnet`).
+
+use burn::module::Param;
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::mlp::dense;
+use super::summary::{LayerRow, Summary};
+use crate::data::{NUM_CLASSES, SIDE};
+use crate::ops;
+
+/// A stride-1 convolution with a square kernel, Glorot-uniform weights and zero bias (Keras's
+/// defaults). Runs on fmnist's own CPU kernel on flex.
+#[derive(Module, Debug)]
+pub struct Conv {
+    weight: Param<Tensor<4>>,
+    bias: Param<Tensor<1>>,
+    #[module(skip)]
+    padding: usize,
+}
+
+impl Conv {
+    /// `same` keeps the spatial size (padding `kernel / 2`); otherwise no padding.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        same: bool,
+        device: &Device,
+    ) -> Self {
+        let fan_in = in_channels * kernel * kernel;
+        let fan_out = out_channels * kernel * kernel;
+        let weight = burn::nn::Initializer::XavierUniform { gain: 1.0 }.init_with(
+            [out_channels, in_channels, kernel, kernel],
+            Some(fan_in),
+            Some(fan_out),
+            device,
+        );
+        Conv {
+            weight,
+            bias: Param::from_tensor(Tensor::zeros([out_channels], device)),
+            padding: if same { kernel / 2 } else { 0 },
+        }
+    }
+
+    /// # Shapes
+    ///   - x: `[batch, in, h, w]`
+    ///   - output: `[batch, out, h', w']` (`h' = h` with same padding, `h - k + 1` without)
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        ops::conv2d(x, self.weight.val(), self.bias.val(), self.padding)
+    }
+}
+
+/// Convolution, optional batch normalisation, ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    conv: Conv,
+    norm: Option<BatchNorm>,
+}
+
+impl ConvBlock {
+    fn new(c_in: usize, c_out: usize, same: bool, batch_norm: bool, device: &Device) -> Self {
+        ConvBlock {
+            conv: Conv::new(c_in, c_out, 3, same, device),
+            norm: batch_norm.then(|| BatchNormConfig::new(c_out).init(device)),
+        }
+    }
+
+    /// Without ReLU (residual blocks add first).
+    fn linear(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.conv.forward(x);
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+
+    /// # Shapes
+    ///   - x: `[batch, in, h, w]` -> `[batch, out, h', w']`
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.linear(x))
+    }
+}
+
+/// `cnn` and `cnn-bn`: stages of convolutions, each stage ending in 2x2 max pooling, then a dense
+/// head with dropout.
+#[derive(Module, Debug)]
+pub struct ConvNet {
+    /// Convolution blocks per stage.
+    stages: Vec<Vec<ConvBlock>>,
+    hidden: Option<Linear>,
+    dropout: Dropout,
+    output: Linear,
+}
+
+/// Per-stage plan shared by `new` and `summary`: `(channels, convolutions, same padding)`.
+fn convnet_plan(channels: &[usize], batch_norm: bool) -> Vec<(usize, usize, bool)> {
+    // cnn: one valid 3x3 convolution per stage (28 -> 26 -> 13 -> 11 -> 5);
+    // cnn-bn: two same-padded convolutions per stage (28 -> 14 -> 7).
+    channels
+        .iter()
+        .map(|&c| {
+            if batch_norm {
+                (c, 2, true)
+            } else {
+                (c, 1, false)
+            }
+        })
+        .collect()
+}
+
+fn spatial_after(plan: &[(usize, usize, bool)]) -> usize {
+    plan.iter().fold(SIDE, |side, &(_, convs, same)| {
+        let side = if same { side } else { side - 2 * convs };
+        side / 2
+    })
+}
+
+impl ConvNet {
+    pub fn new(
+        channels: &[usize],
+        dense_width: usize,
+        dropout: f64,
+        batch_norm: bool,
+        device: &Device,
+    ) -> Self {
+        let plan = convnet_plan(channels, batch_norm);
+        let mut c_in = 1;
+        let mut stages = Vec::new();
+        for &(c, convs, same) in &plan {
+            let mut blocks = Vec::new();
+            for _ in 0..convs {
+                blocks.push(ConvBlock::new(c_in, c, same, batch_norm, device));
+                c_in = c;
+            }
+            stages.push(blocks);
+        }
+        let side = spatial_after(&plan);
+        let flat = c_in * side * side;
+        let (hidden, head_in) = if dense_width > 0 {
+            (Some(dense(flat, dense_width, device)), dense_width)
+        } else {
+            (None, flat)
+        };
+        ConvNet {
+            stages,
+            hidden,
+            dropout: DropoutConfig::new(dropout).init(),
+            output: dense(head_in, NUM_CLASSES, device),
+        }
+    }
+
+    /// # Shapes
+    ///   - images: `[batch, 1, 28, 28]`
+    ///   - output: `[batch, 10]` logits
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = images;
+        for stage in &self.stages {
+            let (last, first) = stage.split_last().expect("a stage has a convolution");
+            for block in first {
+                x = block.forward(x);
+            }
+            // Max pooling commutes with ReLU: pool first, then apply ReLU to a 4x smaller tensor.
+            x = relu(ops::max_pool2x2(last.linear(x))); // [batch, c, h/2, w/2]
+        }
+        let mut x: Tensor<2> = x.flatten(1, 3); // [batch, c * h * w]
+        if let Some(hidden) = &self.hidden {
+            x = relu(hidden.forward(x));
+        }
+        self.output.forward(self.dropout.forward(x)) // [batch, 10]
+    }
+}
+
+/// Keras-style summary of a [`ConvNet`].
+pub fn convnet_summary(
+    channels: &[usize],
+    dense_width: usize,
+    dropout: f64,
+    batch_norm: bool,
+) -> Summary {
+    let plan = convnet_plan(channels, batch_norm);
+    let mut s = Summary::new(if batch_norm { "cnn_bn" } else { "cnn" });
+    let (mut c_in, mut side) = (1, SIDE);
+    for &(c, convs, same) in &plan {
+        for _ in 0..convs {
+            if !same {
+                side -= 2;
+            }
+            let row = LayerRow::new("Conv2D", vec![side, side, c], c_in * 9 * c + c);
+            s.push(if batch_norm {
+                row
+            } else {
+                row.with_note("relu")
+            });
+            if batch_norm {
+                s.push(
+                    LayerRow::new("BatchNormalization", vec![side, side, c], 2 * c)
+                        .with_non_trainable(2 * c)
+                        .with_note("relu"),
+                );
+            }
+            c_in = c;
+        }
+        side /= 2;
+        s.push(LayerRow::new("MaxPooling2D", vec![side, side, c], 0));
+    }
+    let flat = c_in * side * side;
+    s.push(LayerRow::new("Flatten", vec![flat], 0));
+    let mut width = flat;
+    if dense_width > 0 {
+        s.push(
+            LayerRow::new("Dense", vec![dense_width], flat * dense_width + dense_width)
+                .with_note("relu"),
+        );
+        width = dense_width;
+    }
+    if dropout > 0.0 {
+        s.push(LayerRow::new("Dropout", vec![width], 0).with_note(&format!("rate {dropout}")));
+    }
+    s.push(
+        LayerRow::new(
+            "Dense",
+            vec![NUM_CLASSES],
+            width * NUM_CLASSES + NUM_CLASSES,
+        )
+        .with_note("softmax"),
+    );
+    s
+}
+
+/// Two 3x3 convolutions with batch normalisation and a shortcut (a 1x1 projection when the
+/// channel count changes).
+#[derive(Module, Debug)]
+pub struct Residual {
+    first: ConvBlock,
+    second: ConvBlock,
+    projection: Option<Conv>,
+}
+
+impl Residual {
+    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
+        Residual {
+            first: ConvBlock::new(c_in, c_out, true, true, device),
+            second: ConvBlock::new(c_out, c_out, true, true, device),
+            projection: (c_in != c_out).then(|| Conv::new(c_in, c_out, 1, false, device)),
+        }
+    }
+
+    /// # Shapes
+    ///   - x: `[batch, in, h, w]` -> `[batch, out, h, w]`
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let shortcut = match &self.projection {
+            Some(p) => p.forward(x.clone()),
+            None => x.clone(),
+        };
+        relu(self.second.linear(self.first.forward(x)) + shortcut)
+    }
+}
+
+/// `resnet`: a stem convolution, stages of residual blocks (2x2 max pooling between stages),
+/// global average pooling, dropout, and a dense classifier.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    stem: ConvBlock,
+    stages: Vec<Vec<Residual>>,
+    dropout: Dropout,
+    output: Linear,
+}
+
+impl ResNet {
+    pub fn new(channels: &[usize], blocks: &[usize], dropout: f64, device: &Device) -> Self {
+        let stem = ConvBlock::new(1, channels[0], true, true, device);
+        let mut c_in = channels[0];
+        let mut stages = Vec::new();
+        for (&c, &n) in channels.iter().zip(blocks) {
+            let mut stage = Vec::new();
+            for _ in 0..n.max(1) {
+                stage.push(Residual::new(c_in, c, device));
+                c_in = c;
+            }
+            stages.push(stage);
+        }
+        ResNet {
+            stem,
+            stages,
+            dropout: DropoutConfig::new(dropout).init(),
+            output: dense(c_in, NUM_CLASSES, device),
+        }
+    }
+
+    /// # Shapes
+    ///   - images: `[batch, 1, 28, 28]`
+    ///   - output: `[batch, 10]` logits
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(images); // [batch, c0, 28, 28]
+        for (i, stage) in self.stages.iter().enumerate() {
+            if i > 0 {
+                x = ops::max_pool2x2(x); // 28 -> 14 -> 7
+            }
+            for block in stage {
+                x = block.forward(x);
+            }
+        }
+        let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3); // [batch, c]
+        self.output.forward(self.dropout.forward(x)) // [batch, 10]
+    }
+}
+
+/// Keras-style summary of a [`ResNet`].
+pub fn resnet_summary(channels: &[usize], blocks: &[usize], dropout: f64) -> Summary {
+    let mut s = Summary::new("resnet");
+    let mut side = SIDE;
+    let conv_bn = |s: &mut Summary, c_in: usize, c: usize, side: usize, k: usize| {
+        s.push(LayerRow::new(
+            "Conv2D",
+            vec![side, side, c],
+            c_in * k * k * c + c,
+        ));
+        if k == 3 {
+            s.push(
+                LayerRow::new("BatchNormalization", vec![side, side, c], 2 * c)
+                    .with_non_trainable(2 * c),
+            );
+        }
+    };
+    conv_bn(&mut s, 1, channels[0], side, 3);
+    let mut c_in = channels[0];
+    for (i, (&c, &n)) in channels.iter().zip(blocks).enumerate() {
+        if i > 0 {
+            side /= 2;
+            s.push(LayerRow::new("MaxPooling2D", vec![side, side, c_in], 0));
+        }
+        for _ in 0..n.max(1) {
+            conv_bn(&mut s, c_in, c, side, 3);
+            conv_bn(&mut s, c, c, side, 3);
+            if c_in != c {
+                conv_bn(&mut s, c_in, c, side, 1);
+            }
+            s.push(LayerRow::new("Add", vec![side, side, c], 0).with_note("relu"));
+            c_in = c;
+        }
+    }
+    s.push(LayerRow::new("GlobalAveragePooling2D", vec![c_in], 0));
+    if dropout > 0.0 {
+        s.push(LayerRow::new("Dropout", vec![c_in], 0).with_note(&format!("rate {dropout}")));
+    }
+    s.push(
+        LayerRow::new("Dense", vec![NUM_CLASSES], c_in * NUM_CLASSES + NUM_CLASSES)
+            .with_note("softmax"),
+    );
+    s
+}

@@ -2,6 +2,7 @@
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 use serde::Serialize;
 
 use crate::data::batcher::Batcher;
@@ -31,6 +32,16 @@ pub struct ClassScore {
     pub accuracy: f64,
 }
 
+/// Class probabilities for a batch of images, `[batch, 10]`; with `tta_flip`, the mean of the
+/// probabilities for the images and their mirror images.
+pub fn probabilities(model: &Model, images: Tensor<4>, tta_flip: bool) -> Tensor<2> {
+    let probs = softmax(model.forward(images.clone()), 1);
+    if !tta_flip {
+        return probs;
+    }
+    (probs + softmax(model.forward(images.flip([3])), 1)) / 2.0
+}
+
 /// Runs `model` (without autodiff) over `split` in batches of `batch_size`.
 pub fn evaluate(
     model: &Model,
@@ -39,6 +50,18 @@ pub fn evaluate(
     device: &Device,
     batch_size: usize,
 ) -> Evaluation {
+    evaluate_with(model, split, batcher, device, batch_size, false)
+}
+
+/// [`evaluate`], optionally with flip test-time augmentation.
+pub fn evaluate_with(
+    model: &Model,
+    split: &Split,
+    batcher: &Batcher,
+    device: &Device,
+    batch_size: usize,
+    tta_flip: bool,
+) -> Evaluation {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut loss_sum = 0.0f64;
     let mut predictions = Vec::with_capacity(split.len());
@@ -46,10 +69,24 @@ pub fn evaluate(
     while start < split.len() {
         let end = (start + batch_size).min(split.len());
         let batch = batcher.range(split, start, end, device);
-        let logits = model.forward(batch.images);
-        let loss = loss_fn.forward(logits.clone(), batch.targets);
-        loss_sum += loss.into_scalar::<f64>() * (end - start) as f64;
-        let predicted = logits.argmax(1).into_data();
+        let n = (end - start) as f64;
+        let scores = if tta_flip {
+            let probs = probabilities(model, batch.images, true);
+            // Cross-entropy of the averaged probabilities.
+            let picked = probs
+                .clone()
+                .gather(1, batch.targets.unsqueeze_dim::<2>(1))
+                .clamp_min(1e-12)
+                .log();
+            loss_sum -= picked.sum().into_scalar::<f64>();
+            probs
+        } else {
+            let logits = model.forward(batch.images);
+            let loss = loss_fn.forward(logits.clone(), batch.targets);
+            loss_sum += loss.into_scalar::<f64>() * n;
+            logits
+        };
+        let predicted = scores.argmax(1).into_data();
         predictions.extend(predicted.iter::<i64>().map(|p| p as u8));
         start = end;
     }

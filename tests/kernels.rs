@@ -9,8 +9,8 @@ use fmnist::ops;
 
 fn assert_close(name: &str, a: Tensor<4>, b: Tensor<4>, tol: f32) {
     let (a, b) = (
-        a.into_data().to_vec::<f32>().unwrap(),
-        b.into_data().to_vec::<f32>().unwrap(),
+        a.into_data().try_to_vec::<f32>().unwrap(),
+        b.into_data().try_to_vec::<f32>().unwrap(),
     );
     assert_eq!(a.len(), b.len(), "{name}: lengths");
     let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
@@ -99,7 +99,7 @@ fn input_that_needs_no_gradient_gets_none() {
         .grad(&grads)
         .unwrap()
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
     assert!(dw.iter().all(|&v| v == 18.0), "{dw:?}");
 }

@@ -12,7 +12,6 @@ use super::{
 use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
-use crate::evaluation::evaluate;
 use crate::training::config::Provenance;
 use crate::training::progress::{Console, final_report};
 use crate::training::{self, RunDir, TrainOptions};
@@ -291,12 +290,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         dataset.train.clone()
     };
     let batcher = Batcher::new(config.data.normalization, train_pixels.pixel_stats());
-    let scores = evaluate(
+    let scores = crate::evaluation::evaluate_with(
         &model,
         &dataset.test,
         &batcher,
         &device,
         config.eval_batch_size,
+        config.data.tta_flip,
     );
     if args.json {
         let out = json!({

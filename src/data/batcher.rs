@@ -37,17 +37,38 @@ fn prefetch(bytes: &[u8]) {
 }
 
 /// Random training-time transformations of each image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Augmentation {
     /// Mirror left-right with probability 0.5.
     pub flip: bool,
     /// Shift by up to this many pixels vertically and horizontally, filling with background.
     pub translate: usize,
+    /// Probability of erasing a random rectangle (random erasing, Zhong et al. 2017).
+    pub erase: f64,
 }
 
 impl Augmentation {
     pub fn is_identity(&self) -> bool {
-        !self.flip && self.translate == 0
+        !self.flip && self.translate == 0 && self.erase == 0.0
+    }
+}
+
+/// Sets a random rectangle of 2-33% of the image, aspect ratio 0.3-3.3, to background.
+fn erase(row: &mut [u8; PIXELS], rng: &mut impl Rng) {
+    let side = SIDE as f64;
+    for _ in 0..10 {
+        let area = rng.random_range(0.02..0.33) * side * side;
+        let aspect = rng.random_range(0.3f64.ln()..3.3f64.ln()).exp();
+        let h = (area * aspect).sqrt().round() as usize;
+        let w = (area / aspect).sqrt().round() as usize;
+        if h == 0 || w == 0 || h >= SIDE || w >= SIDE {
+            continue;
+        }
+        let (y, x) = (rng.random_range(0..SIDE - h), rng.random_range(0..SIDE - w));
+        for r in y..y + h {
+            row[r * SIDE + x..r * SIDE + x + w].fill(0);
+        }
+        return;
     }
 }
 
@@ -156,6 +177,9 @@ impl Batcher {
                         0
                     };
                 }
+            }
+            if augmentation.erase > 0.0 && rng.random_bool(augmentation.erase) {
+                erase(&mut row, rng);
             }
             self.scale_into(&row, &mut values);
             labels.push(split.labels[i] as i64);

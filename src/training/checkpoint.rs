@@ -3,8 +3,9 @@
 //! state) in one file, `checkpoint.ckpt`, replaced atomically, so a crash at any instant leaves the
 //! previous complete checkpoint or the new one.
 //!
-//! Layout: `FMNISTCK` | version u32 | three sections, each a u64 length then bytes (JSON state,
-//! model burnpack, optimiser record) | SHA-256 of all preceding bytes.
+//! Layout: `FMNISTCK` | version u32 | four sections, each a u64 length then bytes (JSON state,
+//! model burnpack, optimiser record, averaged-weights burnpack or nothing) | SHA-256 of all
+//! preceding bytes.
 
 use std::path::Path;
 
@@ -16,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::fsio;
 
 const MAGIC: &[u8; 8] = b"FMNISTCK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+const SECTIONS: usize = 4;
 /// File name inside a run directory.
 pub const FILE_NAME: &str = "checkpoint.ckpt";
 
@@ -44,6 +46,8 @@ pub struct Position {
     pub skipped_batches: usize,
     /// Set once the run has ended (all epochs, or early stopping).
     pub finished: bool,
+    /// Updates folded into the weight average so far.
+    pub ema_updates: usize,
 }
 
 /// A checkpoint in memory.
@@ -51,6 +55,8 @@ pub struct Checkpoint {
     pub position: Position,
     pub model: Vec<u8>,
     pub optimizer: Vec<u8>,
+    /// The averaged weights (empty without a weight average).
+    pub ema: Vec<u8>,
 }
 
 impl Checkpoint {
@@ -61,7 +67,7 @@ impl Checkpoint {
             Vec::with_capacity(64 + state.len() + self.model.len() + self.optimizer.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        for section in [&state[..], &self.model[..], &self.optimizer[..]] {
+        for section in [&state[..], &self.model[..], &self.optimizer[..], &self.ema[..]] {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }
@@ -93,7 +99,7 @@ impl Checkpoint {
         }
         let mut at = 12;
         let mut sections = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..SECTIONS {
             let len_bytes = body.get(at..at + 8).ok_or_else(|| damaged("truncated"))?;
             let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
             at += 8;
@@ -103,12 +109,14 @@ impl Checkpoint {
         }
         let position: Position = serde_json::from_slice(&sections[0])
             .map_err(|e| damaged(&format!("bad state: {e}")))?;
-        let optimizer = sections.pop().expect("three sections");
-        let model = sections.pop().expect("three sections");
+        let ema = sections.pop().expect("four sections");
+        let optimizer = sections.pop().expect("four sections");
+        let model = sections.pop().expect("four sections");
         Ok(Checkpoint {
             position,
             model,
             optimizer,
+            ema,
         })
     }
 
@@ -149,6 +157,7 @@ mod tests {
             },
             model: vec![1, 2, 3],
             optimizer: vec![9; 100],
+            ema: vec![],
         };
         let bytes = ck.to_bytes();
         let back = Checkpoint::from_bytes(Path::new("c"), &bytes).unwrap();

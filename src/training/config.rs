@@ -35,6 +35,11 @@ pub struct DataConfig {
     /// Training-time augmentation: random shifts of up to this many pixels in each direction,
     /// filled with background.
     pub translate: usize,
+    /// Training-time augmentation: probability of random erasing (a rectangle of 2-33% of the
+    /// image, aspect 0.3-3.3, set to background).
+    pub erase: f64,
+    /// Test-time augmentation at evaluation: average the predictions for the image and its mirror.
+    pub tta_flip: bool,
 }
 
 impl Default for DataConfig {
@@ -44,6 +49,8 @@ impl Default for DataConfig {
             val_split: 0.0,
             flip: false,
             translate: 0,
+            erase: 0.0,
+            tta_flip: false,
         }
     }
 }
@@ -54,6 +61,7 @@ impl DataConfig {
         Augmentation {
             flip: self.flip,
             translate: self.translate,
+            erase: self.erase,
         }
     }
 }
@@ -108,6 +116,11 @@ pub struct TrainConfig {
     pub schedule: ScheduleConfig,
     pub data: DataConfig,
     pub early_stopping: EarlyStopping,
+    /// Label smoothing of the cross-entropy targets (0 disables it).
+    pub label_smoothing: f64,
+    /// Decay of an exponential moving average of the weights, updated every batch and used for
+    /// evaluation and the saved weights (0 disables it; 0.999 is typical).
+    pub ema_decay: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
 }
@@ -125,6 +138,8 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             data: DataConfig::default(),
             early_stopping: EarlyStopping::default(),
+            label_smoothing: 0.0,
+            ema_decay: 0.0,
             provenance: None,
         }
     }
@@ -175,6 +190,24 @@ impl TrainConfig {
             return Err(Error::Config(format!(
                 "data.val_split = {}: must be at least 0 and below 1",
                 self.data.val_split
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::Config(format!(
+                "label_smoothing = {}: must be at least 0 and below 1",
+                self.label_smoothing
+            )));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(Error::Config(format!(
+                "ema_decay = {}: must be at least 0 and below 1",
+                self.ema_decay
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.data.erase) {
+            return Err(Error::Config(format!(
+                "data.erase = {}: a probability, from 0 to 1",
+                self.data.erase
             )));
         }
         if self.data.translate > 8 {

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ema;
 pub mod history;
 pub mod optimizer;
 pub mod progress;

@@ -15,8 +15,11 @@ pub enum ScheduleKind {
     HoldDecay,
     /// Multiplied by `gamma` every `step_size` epochs.
     Step,
-    /// Cosine annealing from the base rate to `min_lr` over the run.
+    /// Cosine annealing from the base rate to `min_lr` over the run, updated every batch.
     Cosine,
+    /// One cycle (Smith): linear rise from `base / 25` to the base rate over the first 30% of
+    /// the run, then cosine annealing to `min_lr`, updated every batch.
+    OneCycle,
 }
 
 /// The `[schedule]` table. Keys that do not apply to the chosen schedule are ignored.
@@ -83,6 +86,43 @@ impl ScheduleConfig {
         Ok(())
     }
 
+    /// Whether the rate changes within an epoch (cosine, one-cycle and warm-up do).
+    pub fn per_batch(&self) -> bool {
+        matches!(self.name, ScheduleKind::Cosine | ScheduleKind::OneCycle) || self.warmup_epochs > 0
+    }
+
+    /// The rate for batch `batch` of `batches` in `epoch`: continuous schedules interpolate
+    /// within the epoch, the others keep the epoch's rate.
+    pub fn lr_at_batch(&self, base: f64, epoch: usize, batch: usize, batches: usize, epochs: usize) -> f64 {
+        if !self.per_batch() {
+            return self.lr_at(base, epoch, epochs);
+        }
+        self.lr_continuous(base, epoch as f64 + batch as f64 / batches.max(1) as f64, epochs)
+    }
+
+    /// A continuous schedule at `t` epochs into the run.
+    fn lr_continuous(&self, base: f64, t: f64, epochs: usize) -> f64 {
+        let warmup = self.warmup_epochs as f64;
+        if t < warmup {
+            return base * (t + 1.0 / 1024.0).min(warmup) / warmup;
+        }
+        let span = (epochs as f64 - warmup).max(1e-9);
+        let u = ((t - warmup) / span).clamp(0.0, 1.0);
+        let cosine = |from: f64, u: f64| self.min_lr + (from - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * u).cos());
+        match self.name {
+            ScheduleKind::Cosine => cosine(base, u),
+            ScheduleKind::OneCycle => {
+                const RISE: f64 = 0.3;
+                if u < RISE {
+                    base / 25.0 + (base - base / 25.0) * u / RISE
+                } else {
+                    cosine(base, (u - RISE) / (1.0 - RISE))
+                }
+            }
+            _ => self.lr_at(base, t as usize, epochs),
+        }
+    }
+
     /// The learning rate for `epoch` (0-based) of a run of `epochs` epochs with base rate `base`.
     pub fn lr_at(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
         if epoch < self.warmup_epochs {
@@ -97,9 +137,8 @@ impl ScheduleConfig {
                 base * self.factor.powi(decays as i32)
             }
             ScheduleKind::Step => base * self.gamma.powi((e / self.step_size) as i32),
-            ScheduleKind::Cosine => {
-                let t = e as f64 / span as f64;
-                self.min_lr + (base - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            ScheduleKind::Cosine | ScheduleKind::OneCycle => {
+                self.lr_continuous(base, epoch as f64, span + self.warmup_epochs)
             }
         }
     }
@@ -144,5 +183,15 @@ mod tests {
         assert_eq!(cos.lr_at(1.0, 1, 12), 1.0);
         assert_eq!(cos.lr_at(1.0, 2, 12), 1.0);
         assert!((cos.lr_at(1.0, 7, 12) - 0.5).abs() < 1e-12);
+        // Within an epoch the cosine keeps falling: halfway through epoch 7 of 2 + 10.
+        let mid = cos.lr_at_batch(1.0, 7, 50, 100, 12);
+        assert!((mid - 0.5 * (1.0 + (std::f64::consts::PI * 0.55).cos())).abs() < 1e-12);
+        let one = ScheduleConfig {
+            name: ScheduleKind::OneCycle,
+            ..Default::default()
+        };
+        assert!((one.lr_at_batch(1.0, 0, 0, 10, 10) - 0.04).abs() < 1e-12);
+        assert!((one.lr_at_batch(1.0, 3, 0, 10, 10) - 1.0).abs() < 1e-12);
+        assert!(one.lr_at_batch(1.0, 9, 9, 10, 10) < 0.01);
     }
 }

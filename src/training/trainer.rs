@@ -16,12 +16,13 @@ use rand::seq::SliceRandom;
 
 use super::checkpoint::{Checkpoint, Position};
 use super::config::{EarlyStopping, TrainConfig};
+use super::ema::Ema;
 use super::history::EpochRecord;
 use super::run_dir::{RunDir, RunResult, Weights};
 use crate::data::batcher::Batcher;
 use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
-use crate::evaluation::evaluate;
+use crate::evaluation::evaluate_with;
 use crate::model::Model;
 
 /// Receives progress events; the console, a study's progress view and tests implement it.
@@ -132,8 +133,9 @@ pub fn train_with(
     let model = config.model.init(&train_device);
     let optimizer = config.optimizer.init();
     let position = Position::default();
-    save_checkpoint(run, &model, &optimizer, &position)?;
-    Trainer::new(config, data, run, device, options).run(model, optimizer, position, reporter)
+    let ema = (config.ema_decay > 0.0).then(|| Ema::new(config.ema_decay, &model, 0));
+    save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
+    Trainer::new(config, data, run, device, options).run(model, optimizer, ema, position, reporter)
 }
 
 /// Continues the run in `run` from its checkpoint, with the configuration saved there.
@@ -173,9 +175,26 @@ pub fn resume(
         .init()
         .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
         .map_err(|e| wrong_model(e.to_string()))?;
+    let ema = if config.ema_decay > 0.0 {
+        let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(checkpoint.ema))
+            .map_err(|e| wrong_model(e.to_string()))?;
+        let averaged = config
+            .model
+            .init(device)
+            .try_load_record(record)
+            .map_err(|e| wrong_model(e.to_string()))?;
+        Some(Ema::new(
+            config.ema_decay,
+            &averaged,
+            checkpoint.position.ema_updates,
+        ))
+    } else {
+        None
+    };
     Trainer::new(&config, data, run, device, options).run(
         model,
         optimizer,
+        ema,
         checkpoint.position,
         reporter,
     )
@@ -197,17 +216,22 @@ fn save_checkpoint(
     run: &RunDir,
     model: &Model,
     optimizer: &ModuleOptimizer,
+    ema: Option<&Ema>,
     position: &Position,
 ) -> Result<()> {
     let path = run.file(super::checkpoint::FILE_NAME);
     let failed = |e: String| Error::io(&path, std::io::Error::other(e));
-    let model = model
-        .clone()
-        .valid()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| failed(e.to_string()))?
-        .to_vec();
+    let record = |m: Model| {
+        m.into_record()
+            .into_bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| failed(e.to_string()))
+    };
+    let ema = match ema {
+        Some(ema) => record(ema.apply(model))?,
+        None => Vec::new(),
+    };
+    let model = record(model.valid())?;
     let optimizer = optimizer
         .into_bytes()
         .map_err(|e| failed(e.to_string()))?
@@ -216,6 +240,7 @@ fn save_checkpoint(
         position: position.clone(),
         model,
         optimizer,
+        ema,
     }
     .save(&run.path)
 }
@@ -269,6 +294,7 @@ impl<'a> Trainer<'a> {
         &self,
         mut model: Model,
         mut optimizer: ModuleOptimizer,
+        mut ema: Option<Ema>,
         mut position: Position,
         reporter: &mut dyn Reporter,
     ) -> Result<RunResult> {
@@ -276,7 +302,9 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let elapsed_before = position.elapsed_seconds;
         let train_device = self.device.clone().autodiff();
-        let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+        let loss_fn = CrossEntropyLossConfig::new()
+            .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing as f32))
+            .init(&train_device);
         let n = self.train_split.len();
         let batches = n.div_ceil(config.batch_size);
         let augmentation = config.data.augmentation();
@@ -329,6 +357,10 @@ impl<'a> Trainer<'a> {
                     position.seen += indices.len();
                     let grads = GradientsParams::from_grads(loss.backward(), &model);
                     model = optimizer.step(lr, model, grads);
+                    if let Some(ema) = &mut ema {
+                        ema.update(&model);
+                        position.ema_updates = ema.updates;
+                    }
                 } else if self.options.on_nan == NanPolicy::Skip {
                     position.skipped_batches += 1;
                 } else {
@@ -351,7 +383,7 @@ impl<'a> Trainer<'a> {
                 if b + 1 < batches && (interrupted || (every > 0 && (b + 1) % every == 0)) {
                     position.epoch_seconds += clock.elapsed().as_secs_f64();
                     position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-                    save_checkpoint(run, &model, &optimizer, &position)?;
+                    save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
                     clock = Instant::now();
                     if interrupted {
                         return Err(Error::Interrupted {
@@ -365,13 +397,17 @@ impl<'a> Trainer<'a> {
             let seconds = position.epoch_seconds + clock.elapsed().as_secs_f64();
 
             let eval_start = Instant::now();
-            let valid = model.valid();
-            let scores = evaluate(
+            let valid = match &ema {
+                Some(ema) => ema.apply(&model),
+                None => model.valid(),
+            };
+            let scores = evaluate_with(
                 &valid,
                 &self.val_split,
                 &self.batcher,
                 self.device,
                 config.eval_batch_size,
+                config.data.tta_flip,
             );
             let seen = position.seen.max(1) as f64;
             let record = EpochRecord {
@@ -403,7 +439,7 @@ impl<'a> Trainer<'a> {
             position.epoch_seconds = 0.0;
             position.finished = stop || position.epoch == config.epochs;
             position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-            save_checkpoint(run, &model, &optimizer, &position)?;
+            save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
             reporter.epoch_end(&record, config.epochs);
             if !position.finished && self.interrupted() {
                 return Err(Error::Interrupted {
@@ -413,7 +449,11 @@ impl<'a> Trainer<'a> {
                 });
             }
         }
-        self.finish(&position, model)
+        let final_model = match &ema {
+            Some(ema) => ema.apply(&model),
+            None => model.valid(),
+        };
+        self.finish(&position, final_model)
     }
 
     /// Writes `result.json` once the run has ended.
@@ -427,15 +467,16 @@ impl<'a> Trainer<'a> {
         let final_model = if restore {
             run.load_weights(config.model.init(self.device), Weights::Best)?
         } else {
-            model.valid()
+            model
         };
         let (test_loss, test_acc) = if config.data.val_split > 0.0 {
-            let scores = evaluate(
+            let scores = evaluate_with(
                 &final_model,
                 &self.data.test,
                 &self.batcher,
                 self.device,
                 config.eval_batch_size,
+                config.data.tta_flip,
             );
             (scores.loss, scores.accuracy)
         } else if restore {

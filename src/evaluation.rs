@@ -147,3 +147,38 @@ impl Evaluation {
         out
     }
 }
+
+/// Writes `confusion.png` and `misclassified.png` (the first `max_examples` errors) into `dir`.
+pub fn write_pictures(
+    evaluation: &Evaluation,
+    split: &Split,
+    title: &str,
+    dir: &std::path::Path,
+    max_examples: usize,
+) -> crate::Result<Vec<std::path::PathBuf>> {
+    let confusion = dir.join("confusion.png");
+    crate::report::plots::write_confusion(
+        &evaluation.confusion,
+        &format!(
+            "{title}: confusion matrix (accuracy {:.4})",
+            evaluation.accuracy
+        ),
+        &confusion,
+    )?;
+    let wrong: Vec<(&[u8], usize, usize)> = split
+        .labels
+        .iter()
+        .zip(&evaluation.predictions)
+        .enumerate()
+        .filter(|(_, (t, p))| t != p)
+        .take(max_examples)
+        .map(|(i, (&t, &p))| (split.image(i), t as usize, p as usize))
+        .collect();
+    let misclassified = dir.join("misclassified.png");
+    crate::report::plots::write_misclassified(
+        &wrong,
+        &format!("{title}: misclassified test images (true -> predicted)"),
+        &misclassified,
+    )?;
+    Ok(vec![confusion, misclassified])
+}

@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod evaluation;
 pub mod fsio;
+pub mod inference;
 pub mod model;
 pub mod ops;
 pub mod report;

@@ -198,7 +198,7 @@ fn synthetic_report(dir: &Path) -> PathBuf {
                 .collect()
         })
         .collect();
-    fmnist::report::write_study_report(dir, &study, &groups).unwrap()
+    fmnist::report::write_study_report(dir, &study, &groups, None).unwrap()
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::{
-    DataAction, DataCommand, EvalArgs, PlotArgs, RecipeArgs, StudyArgs, SummaryArgs, TrainArgs,
+    DataAction, DataCommand, EvalArgs, PlotArgs, PredictArgs, RecipeArgs, StudyArgs, SummaryArgs,
+    TrainArgs,
 };
 use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
@@ -157,8 +158,10 @@ pub fn study(args: StudyArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    let groups = crate::study::runner::run(&study, &dataset, &device(), &options)?;
-    let report = crate::report::write_study_report(&out_dir, &study, &groups)?;
+    let device = device();
+    let groups = crate::study::runner::run(&study, &dataset, &device, &options)?;
+    let report =
+        crate::report::write_study_report(&out_dir, &study, &groups, Some((&dataset, &device)))?;
     for (group, runs) in study.groups.iter().zip(&groups) {
         println!("\n{}", group.title);
         for r in runs {
@@ -331,5 +334,59 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     println!("\nConfusion matrix (rows: true class, columns: predicted):");
     print!("{}", scores.confusion_table());
+    let pictures =
+        crate::evaluation::write_pictures(&scores, &dataset.test, &run.name(), &run.path, 48)?;
+    for path in pictures {
+        println!("Wrote {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn predict(args: PredictArgs) -> Result<()> {
+    use crate::data::batcher::Normalization;
+    use crate::inference::{Predictor, load_picture};
+    let run = RunDir::open(&args.run)?;
+    let dataset = match run.read_config()?.data.normalization {
+        Normalization::Standardize => Some(data::obtain(&args.data.options())?),
+        Normalization::Scale => None,
+    };
+    let device = device();
+    let predictor = Predictor::load(
+        &args.run,
+        args.weights,
+        dataset.as_ref().map(|d| &d.train),
+        &device,
+    )?;
+    let mut failed = 0;
+    for path in &args.images {
+        let picture = match load_picture(path) {
+            Ok(p) => p,
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    println!("{}", json!({"file": path, "error": e.to_string()}));
+                } else {
+                    eprintln!("error: {e}");
+                }
+                continue;
+            }
+        };
+        let guesses = predictor.predict(&picture, args.top.max(1)).remove(0);
+        if args.json {
+            println!("{}", json!({"file": path, "predictions": guesses}));
+        } else {
+            let shown: Vec<String> = guesses
+                .iter()
+                .map(|g| format!("{} {:.1}%", g.name, g.probability * 100.0))
+                .collect();
+            println!("{}: {}", path.display(), shown.join(", "));
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} of {} pictures could not be read (see above)",
+            args.images.len()
+        )));
+    }
     Ok(())
 }

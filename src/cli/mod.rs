@@ -43,6 +43,8 @@ pub enum Command {
     Study(StudyArgs),
     /// Plot loss, accuracy, the zoom on the best epoch and the train/test gap of saved runs.
     Plot(PlotArgs),
+    /// Classify pictures (PNG or JPEG, any size and colour) with a trained run.
+    Predict(PredictArgs),
 }
 
 /// Where to find the data.
@@ -347,6 +349,27 @@ pub struct PlotArgs {
     pub title: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The run directory whose model to use.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Pictures to classify.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Which weights to use.
+    #[arg(long, value_enum, default_value = "best")]
+    pub weights: Weights,
+    /// How many classes to show per picture.
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+    /// Print one JSON object per picture.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
 /// Parses the command line, runs the command and returns the exit code. Errors are printed as
 /// one line on stderr.
 pub fn main() -> i32 {
@@ -385,5 +408,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => commands::eval(args),
         Command::Study(args) => commands::study(args),
         Command::Plot(args) => commands::plot(args),
+        Command::Predict(args) => commands::predict(args),
     }
 }

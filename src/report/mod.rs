@@ -44,6 +44,52 @@ pub struct GroupReport {
     /// The figure, relative to the report's directory.
     pub figure_png: String,
     pub figure_svg: String,
+    /// The group's most accurate run evaluated in detail, when the data was at hand.
+    pub best_run: Option<BestRun>,
+}
+
+/// Per-class accuracy, confusion matrix and misclassified images of a group's best run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BestRun {
+    pub run: String,
+    pub accuracy: f64,
+    pub per_class: Vec<crate::evaluation::ClassScore>,
+    pub confusion_png: String,
+    pub misclassified_png: String,
+}
+
+/// Evaluates the group's run with the highest final test accuracy and draws its pictures.
+fn best_run(
+    group: &str,
+    runs: &[CompletedRun],
+    data: &crate::data::FashionMnist,
+    device: &burn::prelude::Device,
+    plots_dir: &Path,
+) -> Result<Option<BestRun>> {
+    let Some(best) = runs
+        .iter()
+        .max_by(|a, b| a.result.test_acc.total_cmp(&b.result.test_acc))
+    else {
+        return Ok(None);
+    };
+    let weights = if best.result.final_weights == "best" {
+        crate::training::Weights::Best
+    } else {
+        crate::training::Weights::Last
+    };
+    let predictor =
+        crate::inference::Predictor::load(&best.dir, weights, Some(&data.train), device)?;
+    let scores = predictor.evaluate(&data.test);
+    let dir = plots_dir.join(format!("{group}-best"));
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+    crate::evaluation::write_pictures(&scores, &data.test, &best.planned.name, &dir, 32)?;
+    Ok(Some(BestRun {
+        run: best.planned.name.clone(),
+        accuracy: scores.accuracy,
+        per_class: scores.per_class(),
+        confusion_png: format!("plots/{group}-best/confusion.png"),
+        misclassified_png: format!("plots/{group}-best/misclassified.png"),
+    }))
 }
 
 /// Builds the rows of a group.
@@ -74,11 +120,13 @@ pub fn rows(runs: &[CompletedRun]) -> Vec<Row> {
 }
 
 /// Draws the figures and writes `report.md`, `report.html` and `report.json` into `out_dir`.
+/// With the data at hand (`evaluate`), each group's best run is evaluated in detail too.
 /// Returns the path of the HTML report.
 pub fn write_study_report(
     out_dir: &Path,
     study: &Study,
     groups: &[Vec<CompletedRun>],
+    evaluate: Option<(&crate::data::FashionMnist, &burn::prelude::Device)>,
 ) -> Result<PathBuf> {
     let plots_dir = out_dir.join("plots");
     std::fs::create_dir_all(&plots_dir).map_err(|e| crate::Error::io(&plots_dir, e))?;
@@ -104,6 +152,10 @@ pub fn write_study_report(
             comparison: compare(&pairs),
             figure_png: format!("plots/{}.png", group.name),
             figure_svg: format!("plots/{}.svg", group.name),
+            best_run: match evaluate {
+                Some((data, device)) => best_run(&group.name, runs, data, device, &plots_dir)?,
+                None => None,
+            },
         });
     }
     fsio::write_text(&out_dir.join("report.md"), &markdown(study, &reports))?;
@@ -169,6 +221,22 @@ pub fn markdown(study: &Study, groups: &[GroupReport]) -> String {
             let _ = writeln!(out, "- **{}**: {}", r.run, r.reading);
         }
         out.push('\n');
+        if let Some(b) = &g.best_run {
+            let _ = writeln!(
+                out,
+                "Best run **{}** (test accuracy {:.4}), per class:\n",
+                b.run, b.accuracy
+            );
+            let _ = writeln!(out, "| class | accuracy |\n| --- | --- |");
+            for c in &b.per_class {
+                let _ = writeln!(out, "| {} | {:.3} |", c.name, c.accuracy);
+            }
+            let _ = writeln!(
+                out,
+                "\n![confusion matrix]({})\n\n![misclassified]({})\n",
+                b.confusion_png, b.misclassified_png
+            );
+        }
     }
     out
 }
@@ -254,6 +322,34 @@ pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<Str
             );
         }
         out.push_str("</ul>\n");
+        if let Some(b) = &g.best_run {
+            let _ = writeln!(
+                out,
+                "<h3>Best run: {} (test accuracy {:.4})</h3>\n<table>\n<tr><th>class</th><th>accuracy</th></tr>",
+                escape(&b.run),
+                b.accuracy
+            );
+            for c in &b.per_class {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{:.3}</td></tr>",
+                    escape(c.name),
+                    c.accuracy
+                );
+            }
+            out.push_str("</table>\n");
+            for (alt, file) in [
+                ("confusion matrix", &b.confusion_png),
+                ("misclassified test images", &b.misclassified_png),
+            ] {
+                let png = fsio::read(&out_dir.join(file))?;
+                let _ = writeln!(
+                    out,
+                    "<img alt=\"{alt}\" src=\"data:image/png;base64,{}\">",
+                    base64::engine::general_purpose::STANDARD.encode(png)
+                );
+            }
+        }
     }
     out.push_str("</body>\n</html>\n");
     Ok(out)

@@ -328,3 +328,148 @@ fn draw<DB: DrawingBackend>(
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// The confusion matrix as a heat map (rows: true class, columns: predicted), with counts.
+pub fn write_confusion(confusion: &[[usize; 10]; 10], title: &str, path: &Path) -> Result<()> {
+    register_font();
+    let tmp = fsio::temp_path(path);
+    let drawn = (|| -> std::result::Result<(), String> {
+        let root = BitMapBackend::new(&tmp, (900, 820)).into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<_>| format!("{e}");
+        root.fill(&WHITE).map_err(err)?;
+        let max = confusion
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 24))
+            .margin(15)
+            .x_label_area_size(110)
+            .y_label_area_size(110)
+            .build_cartesian_2d(-0.5f64..9.5, -0.5f64..9.5)
+            .map_err(err)?;
+        let names = crate::data::CLASS_NAMES;
+        let name_at = |v: f64, flip: bool| -> String {
+            let i = v.round() as i64;
+            let i = if flip { 9 - i } else { i };
+            if (v - v.round()).abs() > 0.01 || !(0..10).contains(&i) {
+                return String::new();
+            }
+            names[i as usize].to_string()
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(20)
+            .y_labels(20)
+            .x_label_formatter(&|v| name_at(*v, false))
+            .y_label_formatter(&|v| name_at(*v, true))
+            .x_desc("predicted class")
+            .y_desc("true class")
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 16))
+            .draw()
+            .map_err(err)?;
+        for (t, row) in confusion.iter().enumerate() {
+            for (p, &count) in row.iter().enumerate() {
+                // Viridis-like ramp from white to dark blue, readable in grey.
+                let v = (count as f64 / max).sqrt();
+                let color = RGBColor(
+                    (255.0 * (1.0 - v) + 8.0 * v) as u8,
+                    (255.0 * (1.0 - v) + 48.0 * v) as u8,
+                    (255.0 * (1.0 - v) + 107.0 * v) as u8,
+                );
+                let (x, y) = (p as f64, 9.0 - t as f64);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                        color.filled(),
+                    )))
+                    .map_err(err)?;
+                let text_color = if v > 0.5 { WHITE } else { BLACK };
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        count.to_string(),
+                        (x - 0.2, y + 0.15),
+                        (FONT, 14).into_font().color(&text_color),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        root.present().map_err(err)
+    })();
+    finish_png(drawn, &tmp, path)
+}
+
+/// A grid of misclassified images (`(pixels, true class, predicted class)`), upscaled, each
+/// captioned "true -> predicted".
+pub fn write_misclassified(
+    examples: &[(&[u8], usize, usize)],
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    register_font();
+    const COLS: usize = 8;
+    const CELL: i32 = 112;
+    const SCALE: i32 = 3;
+    let rows = examples.len().div_ceil(COLS).max(1);
+    let tmp = fsio::temp_path(path);
+    let drawn = (|| -> std::result::Result<(), String> {
+        let root = BitMapBackend::new(
+            &tmp,
+            (
+                (COLS as i32 * CELL) as u32,
+                (rows as i32 * CELL + 40) as u32,
+            ),
+        )
+        .into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<_>| format!("{e}");
+        root.fill(&WHITE).map_err(err)?;
+        root.draw(&Text::new(title.to_string(), (10, 8), (FONT, 20)))
+            .map_err(err)?;
+        let names = crate::data::CLASS_NAMES;
+        for (k, (pixels, truth, predicted)) in examples.iter().enumerate() {
+            let (cx, cy) = ((k % COLS) as i32 * CELL, (k / COLS) as i32 * CELL + 40);
+            let x0 = cx + (CELL - 28 * SCALE) / 2;
+            for (i, &v) in pixels.iter().enumerate() {
+                let (px, py) = (x0 + (i % 28) as i32 * SCALE, cy + (i / 28) as i32 * SCALE);
+                let shade = 255 - v; // dark on light reads better on a white page
+                root.draw(&Rectangle::new(
+                    [(px, py), (px + SCALE, py + SCALE)],
+                    RGBColor(shade, shade, shade).filled(),
+                ))
+                .map_err(err)?;
+            }
+            let caption = format!("{} -> {}", short(names[*truth]), short(names[*predicted]));
+            root.draw(&Text::new(
+                caption,
+                (cx + 4, cy + 28 * SCALE + 4),
+                (FONT, 12).into_font().color(&PALETTE[1]),
+            ))
+            .map_err(err)?;
+        }
+        root.present().map_err(err)
+    })();
+    finish_png(drawn, &tmp, path)
+}
+
+fn short(name: &str) -> &str {
+    name.split('/').next().unwrap_or(name)
+}
+
+fn finish_png(drawn: std::result::Result<(), String>, tmp: &Path, path: &Path) -> Result<()> {
+    match drawn {
+        Ok(()) => {
+            let file = std::fs::File::open(tmp).map_err(|e| Error::io(tmp, e))?;
+            file.sync_all().map_err(|e| Error::io(tmp, e))?;
+            fsio::commit(tmp, path)
+        }
+        Err(message) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(Error::io(path, std::io::Error::other(message)))
+        }
+    }
+}

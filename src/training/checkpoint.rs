@@ -67,7 +67,12 @@ impl Checkpoint {
             Vec::with_capacity(64 + state.len() + self.model.len() + self.optimizer.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        for section in [&state[..], &self.model[..], &self.optimizer[..], &self.ema[..]] {
+        for section in [
+            &state[..],
+            &self.model[..],
+            &self.optimizer[..],
+            &self.ema[..],
+        ] {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }

@@ -28,7 +28,11 @@ struct Replace<'a>(std::slice::Iter<'a, Tensor<1>>);
 
 impl ModuleMapper for Replace<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let shadow = self.0.next().expect("the same parameters in the same order").clone();
+        let shadow = self
+            .0
+            .next()
+            .expect("the same parameters in the same order")
+            .clone();
         param.map(|t| shadow.reshape(t.dims()))
     }
 }

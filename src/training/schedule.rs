@@ -93,11 +93,22 @@ impl ScheduleConfig {
 
     /// The rate for batch `batch` of `batches` in `epoch`: continuous schedules interpolate
     /// within the epoch, the others keep the epoch's rate.
-    pub fn lr_at_batch(&self, base: f64, epoch: usize, batch: usize, batches: usize, epochs: usize) -> f64 {
+    pub fn lr_at_batch(
+        &self,
+        base: f64,
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+        epochs: usize,
+    ) -> f64 {
         if !self.per_batch() {
             return self.lr_at(base, epoch, epochs);
         }
-        self.lr_continuous(base, epoch as f64 + batch as f64 / batches.max(1) as f64, epochs)
+        self.lr_continuous(
+            base,
+            epoch as f64 + batch as f64 / batches.max(1) as f64,
+            epochs,
+        )
     }
 
     /// A continuous schedule at `t` epochs into the run.
@@ -108,7 +119,9 @@ impl ScheduleConfig {
         }
         let span = (epochs as f64 - warmup).max(1e-9);
         let u = ((t - warmup) / span).clamp(0.0, 1.0);
-        let cosine = |from: f64, u: f64| self.min_lr + (from - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * u).cos());
+        let cosine = |from: f64, u: f64| {
+            self.min_lr + (from - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * u).cos())
+        };
         match self.name {
             ScheduleKind::Cosine => cosine(base, u),
             ScheduleKind::OneCycle => {

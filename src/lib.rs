@@ -4,6 +4,7 @@
 //! dataset, [`model`] builds networks from configuration, [`training`] runs the loop and writes run
 //! directories, [`evaluation`] scores saved weights, and [`cli`] is the command-line front end.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;

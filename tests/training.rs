@@ -118,3 +118,43 @@ fn loss_at_initialisation_is_close_to_ln_10() {
         scores.accuracy
     );
 }
+
+#[test]
+fn cnn_preset_one_epoch_reaches_082() {
+    let mut config = TrainConfig::preset("cnn").unwrap();
+    config.epochs = 1;
+    let (result, _, _dir) = run(&config, "cnn1");
+    assert!(
+        result.test_acc >= 0.82,
+        "CNN test accuracy after one epoch {}",
+        result.test_acc
+    );
+}
+
+#[test]
+fn convolutional_models_have_keras_parameter_counts_and_shapes() {
+    use fmnist::model::Arch;
+    let device = Device::default();
+    // The W3 network: 320 + 18,496 + 204,928 + 1,290 parameters, as Keras counts them.
+    let cnn = TrainConfig::preset("cnn").unwrap().model;
+    assert_eq!(cnn.summary().total_params(), 225_034);
+    assert_eq!(cnn.init(&device).num_params(), 225_034);
+    for arch in [Arch::CnnBn, Arch::Resnet] {
+        let config = ModelConfig {
+            arch,
+            channels: vec![8, 16],
+            blocks: vec![1, 1],
+            dense: 32,
+            ..ModelConfig::default()
+        };
+        let model = config.init(&device);
+        // Burn counts batch-norm running statistics too, as Keras's total does.
+        assert_eq!(
+            model.num_params(),
+            config.summary().total_params(),
+            "{arch:?}"
+        );
+        let out = model.forward(Tensor::zeros([3, 1, 28, 28], &device));
+        assert_eq!(out.dims(), [3, 10], "{arch:?}");
+    }
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::{
-    DataAction, DataCommand, EvalArgs, PlotArgs, PredictArgs, RecipeArgs, StudyArgs, SummaryArgs,
-    TrainArgs,
+    BenchArgs, DataAction, DataCommand, EvalArgs, PlotArgs, PredictArgs, RecipeArgs, StudyArgs,
+    SummaryArgs, TrainArgs,
 };
 use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
@@ -387,6 +387,57 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             "{failed} of {} pictures could not be read (see above)",
             args.images.len()
         )));
+    }
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
+    use crate::bench::Workload;
+    let workloads = if args.workloads.is_empty() {
+        vec![Workload::Linear, Workload::Mlp, Workload::Cnn]
+    } else {
+        args.workloads.clone()
+    };
+    if !args.in_process {
+        // One child process per workload, so that each peak memory figure is its own.
+        let exe = std::env::current_exe().map_err(|e| Error::io("fmnist", e))?;
+        for w in workloads {
+            let mut cmd = std::process::Command::new(&exe);
+            if let Some(t) = threads {
+                cmd.args(["--threads", &t.to_string()]);
+            }
+            cmd.args(["bench", "--in-process", w.name()]);
+            if let Some(e) = args.epochs {
+                cmd.args(["--epochs", &e.to_string()]);
+            }
+            if args.json {
+                cmd.arg("--json");
+            }
+            if let Some(dir) = &args.data.data_dir {
+                cmd.arg("--data-dir").arg(dir);
+            }
+            if args.data.offline {
+                cmd.arg("--offline");
+            }
+            let status = cmd.status().map_err(|e| Error::io(&exe, e))?;
+            if !status.success() {
+                return Err(Error::Usage(format!("the {} workload failed", w.name())));
+            }
+        }
+        return Ok(());
+    }
+    let dataset = data::obtain(&args.data.options())?;
+    let device = device();
+    for w in workloads {
+        if !args.json {
+            println!("== {} ({} threads)", w.name(), rayon::current_num_threads());
+        }
+        // A line per epoch, then the JSON line, as the peer scripts print them.
+        let result = crate::bench::run(w, args.epochs, &dataset, &device)?;
+        println!(
+            "{}",
+            serde_json::to_string(&result).map_err(|e| Error::Usage(e.to_string()))?
+        );
     }
     Ok(())
 }

@@ -45,6 +45,8 @@ pub enum Command {
     Plot(PlotArgs),
     /// Classify pictures (PNG or JPEG, any size and colour) with a trained run.
     Predict(PredictArgs),
+    /// Time the benchmark workloads (W1 linear, W2 MLP, W3 CNN) like the PyTorch and Keras peers.
+    Bench(BenchArgs),
 }
 
 /// Where to find the data.
@@ -370,6 +372,25 @@ pub struct PredictArgs {
     pub data: DataArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads to run (default: all three).
+    #[arg(value_enum)]
+    pub workloads: Vec<crate::bench::Workload>,
+    /// Epochs per workload (default: 10, 10 and 3, as the peers).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Leave out the workload headers: epoch lines, then one JSON line per workload.
+    #[arg(long)]
+    pub json: bool,
+    /// Run in this process instead of one child process per workload (whose peak memory is then
+    /// the workload's own).
+    #[arg(long)]
+    pub in_process: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
 /// Parses the command line, runs the command and returns the exit code. Errors are printed as
 /// one line on stderr.
 pub fn main() -> i32 {
@@ -409,5 +430,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Study(args) => commands::study(args),
         Command::Plot(args) => commands::plot(args),
         Command::Predict(args) => commands::predict(args),
+        Command::Bench(args) => commands::bench(args, cli.threads),
     }
 }

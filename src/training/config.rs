@@ -12,13 +12,12 @@ use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 3] = [
-    (
-        "seed-linear",
-        include_str!("../../presets/seed-linear.toml"),
-    ),
+pub const PRESETS: [(&str, &str); 5] = [
+    ("seed-linear", include_str!("../../presets/seed-linear.toml")),
     ("seed-mlp", include_str!("../../presets/seed-mlp.toml")),
     ("cnn", include_str!("../../presets/cnn.toml")),
+    ("speedrun", include_str!("../../presets/speedrun.toml")),
+    ("best", include_str!("../../presets/best.toml")),
 ];
 
 /// The `[data]` table.

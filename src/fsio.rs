@@ -93,3 +93,18 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
 }
+
+/// Treats denormal floats as zero on this thread (x86 MXCSR flush-to-zero and denormals-are-zero).
+/// Tiny activations and gradients late in training otherwise fall into the slow denormal range.
+/// Set with `FMNIST_KEEP_DENORMALS=1` to keep IEEE behaviour.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("FMNIST_KEEP_DENORMALS").is_none() {
+        #[allow(deprecated)]
+        // SAFETY: only sets the FTZ and DAZ bits of this thread's floating-point control register.
+        unsafe {
+            use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+            _mm_setcsr(_mm_getcsr() | 0x8040);
+        }
+    }
+}

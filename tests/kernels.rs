@@ -154,3 +154,59 @@ fn works_without_autodiff_too() {
         0.0,
     );
 }
+
+#[test]
+fn fused_convolution_and_pooling_matches_burn() {
+    let device = Device::flex().autodiff();
+    device.seed(21);
+    for (n, c, o, h, w, p) in [
+        (3, 1, 4, 28, 28, 0),
+        (2, 3, 5, 13, 13, 0),
+        (2, 4, 6, 7, 9, 1),
+    ] {
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let weight = Tensor::<4>::random([o, c, 3, 3], Distribution::Normal(0.0, 0.3), &device)
+            .require_grad();
+        let bias = Tensor::<1>::random([o], Distribution::Normal(0.0, 0.3), &device).require_grad();
+        let fused = ops::conv2d_pool(x.clone(), weight.clone(), bias.clone(), p);
+        let reference = max_pool2d(
+            conv2d(
+                x.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                ConvOptions::new([1, 1], [p, p], [1, 1], 1),
+            ),
+            MaxPoolOptions::new([2, 2]),
+        );
+        let tag = format!("conv+pool {n}x{c}x{h}x{w} -> {o}, p{p}");
+        assert_close(
+            &format!("{tag} forward"),
+            fused.clone(),
+            reference.clone(),
+            1e-5,
+        );
+        let probe = Tensor::<4>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let g_fused = (fused * probe.clone()).sum().backward();
+        let g_ref = (reference * probe).sum().backward();
+        assert_close(
+            &format!("{tag} dx"),
+            grad4(&x, &g_fused),
+            grad4(&x, &g_ref),
+            1e-4,
+        );
+        assert_close(
+            &format!("{tag} dw"),
+            grad4(&weight, &g_fused),
+            grad4(&weight, &g_ref),
+            1e-4,
+        );
+        let (a, b) = (bias.grad(&g_fused).unwrap(), bias.grad(&g_ref).unwrap());
+        assert_close(
+            &format!("{tag} db"),
+            a.reshape([1, 1, 1, o]),
+            b.reshape([1, 1, 1, o]),
+            1e-4,
+        );
+    }
+}

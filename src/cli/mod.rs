@@ -413,15 +413,17 @@ pub fn main() -> i32 {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(threads) = cli.threads {
-        if threads == 0 {
-            return Err(Error::Usage("--threads 0: give at least 1 thread".into()));
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| Error::Usage(format!("--threads {threads}: {e}")))?;
+    if cli.threads == Some(0) {
+        return Err(Error::Usage("--threads 0: give at least 1 thread".into()));
     }
+    crate::fsio::flush_denormals();
+    let mut pool =
+        rayon::ThreadPoolBuilder::new().start_handler(|_| crate::fsio::flush_denormals());
+    if let Some(threads) = cli.threads {
+        pool = pool.num_threads(threads);
+    }
+    pool.build_global()
+        .map_err(|e| Error::Usage(format!("--threads: {e}")))?;
     match cli.command {
         Command::Data(args) => commands::data(args),
         Command::Summary(args) => commands::summary(args),

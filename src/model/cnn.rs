@@ -51,6 +51,14 @@ impl Conv {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         ops::conv2d(x, self.weight.val(), self.bias.val(), self.padding)
     }
+
+    /// The convolution followed by 2x2 max pooling, fused.
+    ///
+    /// # Shapes
+    ///   - x: `[batch, in, h, w]` -> `[batch, out, h'/2, w'/2]`
+    pub fn forward_pooled(&self, x: Tensor<4>) -> Tensor<4> {
+        ops::conv2d_pool(x, self.weight.val(), self.bias.val(), self.padding)
+    }
 }
 
 /// Convolution, optional batch normalisation, ReLU.
@@ -81,6 +89,19 @@ impl ConvBlock {
     ///   - x: `[batch, in, h, w]` -> `[batch, out, h', w']`
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.linear(x))
+    }
+
+    /// The block followed by 2x2 max pooling; ReLU commutes with max pooling, so it is applied to
+    /// the pooled, 4x smaller tensor, and without batch normalisation convolution and pooling
+    /// run as one fused kernel.
+    ///
+    /// # Shapes
+    ///   - x: `[batch, in, h, w]` -> `[batch, out, h'/2, w'/2]`
+    fn forward_pooled(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.norm {
+            None => relu(self.conv.forward_pooled(x)),
+            Some(_) => relu(ops::max_pool2x2(self.linear(x))),
+        }
     }
 }
 
@@ -162,8 +183,7 @@ impl ConvNet {
             for block in first {
                 x = block.forward(x);
             }
-            // Max pooling commutes with ReLU: pool first, then apply ReLU to a 4x smaller tensor.
-            x = relu(ops::max_pool2x2(last.linear(x))); // [batch, c, h/2, w/2]
+            x = last.forward_pooled(x); // [batch, c, h/2, w/2]
         }
         let mut x: Tensor<2> = x.flatten(1, 3); // [batch, c * h * w]
         if let Some(hidden) = &self.hidden {

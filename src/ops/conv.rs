@@ -96,8 +96,13 @@ fn col2im(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
                     let shift = kx as isize - p;
                     let lo = (-shift).clamp(0, ow as isize) as usize;
                     let hi = (s.width as isize - shift).clamp(0, ow as isize) as usize;
-                    for ox in lo..hi {
-                        dst[(ox as isize + shift) as usize] += row[oy * ow + ox];
+                    if hi > lo {
+                        let start = (lo as isize + shift) as usize;
+                        // A contiguous add the compiler vectorises.
+                        dst[start..start + (hi - lo)]
+                            .iter_mut()
+                            .zip(&row[oy * ow + lo..oy * ow + hi])
+                            .for_each(|(d, r)| *d += r);
                     }
                 }
             }
@@ -258,5 +263,149 @@ pub fn backward(
             );
         dx
     });
+    (dw, db, dx)
+}
+
+/// Convolution followed by 2x2 max pooling, fused: each image's convolution output stays in a
+/// per-thread buffer and only the pooled values (and the argmax codes) are written out.
+/// Returns `([batch, out, oh/2, ow/2]` values, argmax codes).
+pub fn forward_pooled(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+) -> (Vec<f32>, Vec<u8>) {
+    let (patch, pixels) = (s.patch(), s.out_pixels());
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let pooled = (oh / 2) * (ow / 2);
+    let mut out = vec![0f32; s.batch * s.out_channels * pooled];
+    let mut arg = vec![0u8; s.batch * s.out_channels * pooled];
+    out.par_chunks_mut(s.out_channels * pooled)
+        .zip(arg.par_chunks_mut(s.out_channels * pooled))
+        .zip(x.par_chunks(s.in_image()))
+        .for_each_init(
+            || {
+                (
+                    vec![0f32; patch * pixels],
+                    vec![0f32; s.out_channels * pixels],
+                )
+            },
+            |(cols, conv), ((out_i, arg_i), x_i)| {
+                im2col(s, x_i, cols);
+                matmul(
+                    s.out_channels,
+                    pixels,
+                    patch,
+                    conv,
+                    false,
+                    weight,
+                    (patch as isize, 1),
+                    cols,
+                    (pixels as isize, 1),
+                    false,
+                );
+                for (o, plane) in conv.chunks_mut(pixels).enumerate() {
+                    let b = bias[o];
+                    plane.iter_mut().for_each(|v| *v += b);
+                    super::pool::pool_plane(
+                        plane,
+                        oh,
+                        ow,
+                        &mut out_i[o * pooled..(o + 1) * pooled],
+                        &mut arg_i[o * pooled..(o + 1) * pooled],
+                    );
+                }
+            },
+        );
+    (out, arg)
+}
+
+/// Gradients of [`forward_pooled`] given the pooled output gradient `dy` and the argmax codes:
+/// `(dweight, dbias, dx)`, the input gradient only when `need_dx`.
+pub fn backward_pooled(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    arg: &[u8],
+    need_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let pooled = (oh / 2) * (ow / 2);
+    let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
+    let per_task = s.batch.div_ceil(tasks);
+    let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
+    let dx_chunks: Vec<Option<&mut [f32]>> = match &mut dx {
+        Some(dx) => dx.chunks_mut(per_task * s.in_image()).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(t, mut dx_chunk)| {
+            let mut dw = vec![0f32; o * patch];
+            let mut db = vec![0f32; o];
+            let mut cols = vec![0f32; patch * pixels];
+            let mut dconv = vec![0f32; o * pixels];
+            for i in t * per_task..((t + 1) * per_task).min(s.batch) {
+                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                let dy_i = &dy[i * o * pooled..(i + 1) * o * pooled];
+                let arg_i = &arg[i * o * pooled..(i + 1) * o * pooled];
+                for c in 0..o {
+                    super::pool::unpool_plane(
+                        &dy_i[c * pooled..(c + 1) * pooled],
+                        &arg_i[c * pooled..(c + 1) * pooled],
+                        oh,
+                        ow,
+                        &mut dconv[c * pixels..(c + 1) * pixels],
+                    );
+                    db[c] += dy_i[c * pooled..(c + 1) * pooled].iter().sum::<f32>();
+                }
+                im2col(s, x_i, &mut cols);
+                matmul(
+                    o,
+                    patch,
+                    pixels,
+                    &mut dw,
+                    true,
+                    &dconv,
+                    (pixels as isize, 1),
+                    &cols,
+                    (1, pixels as isize),
+                    false,
+                );
+                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+                    let local = i - t * per_task;
+                    matmul(
+                        patch,
+                        pixels,
+                        o,
+                        &mut cols,
+                        false,
+                        weight,
+                        (1, patch as isize),
+                        &dconv,
+                        (pixels as isize, 1),
+                        false,
+                    );
+                    col2im(
+                        s,
+                        &cols,
+                        &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
+                    );
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let (mut dw, mut db) = parts
+        .next()
+        .unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
+    for (w, b) in parts {
+        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
     (dw, db, dx)
 }

@@ -30,6 +30,14 @@ pub trait CpuKernels: burn::backend::Backend {
     ) -> FloatTensor<Self>;
     /// 2x2 max pooling with stride 2.
     fn fast_max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`fast_conv2d`](CpuKernels::fast_conv2d) then [`fast_max_pool2x2`](CpuKernels::fast_max_pool2x2),
+    /// fused so that the full-size convolution output is never stored.
+    fn fast_conv2d_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// Whether `device` runs on the flex CPU backend (with or without autodiff).
@@ -75,6 +83,25 @@ pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
         ));
     }
     burn_max_pool2d(x, MaxPoolOptions::new([2, 2]))
+}
+
+/// Convolution (stride 1) then 2x2 max pooling: one fused kernel on flex, Burn's two operations
+/// elsewhere.
+///
+/// # Shapes
+///   - x: `[batch, in, height, width]`, weight: `[out, in, k, k]`, bias: `[out]`
+///   - output: `[batch, out, conv_height / 2, conv_width / 2]`
+pub fn conv2d_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
+    if is_flex(&x.device()) {
+        let out = <Dispatch as CpuKernels>::fast_conv2d_pool(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            padding,
+        );
+        return Tensor::from_dispatch(out);
+    }
+    max_pool2x2(conv2d(x, weight, bias, padding))
 }
 
 /// The values of a flex tensor as a contiguous `f32` slice: borrowed when the tensor already is
@@ -139,6 +166,63 @@ impl CpuKernels for Flex {
         let [n, c, h, w] = dims4(&x);
         let (out, _) = pool::forward(&values(&x), n * c, h, w);
         tensor(out, [n, c, h / 2, w / 2])
+    }
+
+    fn fast_conv2d_pool(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: usize,
+    ) -> FlexTensor {
+        let s = conv_shape(&x, &weight, padding);
+        let (out, _) = conv::forward_pooled(&s, &values(&x), &values(&weight), &values(&bias));
+        tensor(
+            out,
+            [
+                s.batch,
+                s.out_channels,
+                s.out_height() / 2,
+                s.out_width() / 2,
+            ],
+        )
+    }
+}
+
+#[derive(Debug)]
+struct ConvPoolBackward;
+
+impl Backward<Flex, 3> for ConvPoolBackward {
+    /// The input, the weight, the padding and the argmax codes.
+    type State = (FlexTensor, FlexTensor, usize, Vec<u8>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, weight, padding, arg) = ops.state;
+        let s = conv_shape(&x, &weight, padding);
+        let (dw, db, dx) = conv::backward_pooled(
+            &s,
+            &values(&x),
+            &values(&weight),
+            &values(&dy),
+            &arg,
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(
+                node.id,
+                tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
+            );
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(
+                node.id,
+                tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
+            );
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, [s.out_channels]));
+        }
     }
 }
 
@@ -236,6 +320,46 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 prep.finish((arg, [n, c, h, w]), tensor(out, [n, c, h / 2, w / 2]))
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_max_pool2x2(x.into_primitive())),
+        }
+    }
+
+    fn fast_conv2d_pool(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        match ConvPoolBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let s = conv_shape(&x, &weight, padding);
+                let (out, arg) = conv::forward_pooled(
+                    &s,
+                    &values(&x),
+                    &values(&weight),
+                    &values(&bias.into_primitive()),
+                );
+                let out = tensor(
+                    out,
+                    [
+                        s.batch,
+                        s.out_channels,
+                        s.out_height() / 2,
+                        s.out_width() / 2,
+                    ],
+                );
+                prep.finish((x, weight, padding, arg), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fast_conv2d_pool(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                padding,
+            )),
         }
     }
 }

@@ -13,7 +13,10 @@ use crate::model::ModelConfig;
 
 /// Presets shipped with fmnist, by name.
 pub const PRESETS: [(&str, &str); 5] = [
-    ("seed-linear", include_str!("../../presets/seed-linear.toml")),
+    (
+        "seed-linear",
+        include_str!("../../presets/seed-linear.toml"),
+    ),
     ("seed-mlp", include_str!("../../presets/seed-mlp.toml")),
     ("cnn", include_str!("../../presets/cnn.toml")),
     ("speedrun", include_str!("../../presets/speedrun.toml")),

@@ -131,10 +131,16 @@ pub fn load_picture(path: &Path) -> Result<[u8; PIXELS]> {
             MAX_FILE_BYTES >> 20
         )));
     }
-    let mut reader = image::io::Reader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = crate::fsio::read(path)?;
+    decode_picture(&bytes).map_err(bad)
+}
+
+/// Decodes PNG or JPEG bytes (refusing declared sizes over [`MAX_SIDE`]) and converts the picture
+/// with [`to_fashion_mnist`].
+pub fn decode_picture(bytes: &[u8]) -> std::result::Result<[u8; PIXELS], String> {
+    let mut reader = image::io::Reader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+        .map_err(|e| format!("not a readable image ({e})"))?;
     let mut limits = image::io::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -142,13 +148,16 @@ pub fn load_picture(path: &Path) -> Result<[u8; PIXELS]> {
     reader.limits(limits);
     let picture = reader
         .decode()
-        .map_err(|e| bad(format!("not a readable image ({e})")))?;
+        .map_err(|e| format!("not a readable image ({e})"))?;
     Ok(to_fashion_mnist(&picture.to_luma8()))
 }
 
 /// Converts a grey picture to a 28x28 Fashion-MNIST-like image (see [`load_picture`]).
 pub fn to_fashion_mnist(grey: &GrayImage) -> [u8; PIXELS] {
     let (w, h) = grey.dimensions();
+    if w == 0 || h == 0 {
+        return [0; PIXELS];
+    }
     let mut grey = grey.clone();
     // Fashion-MNIST shows light clothes on black: invert pictures whose border is light.
     let border: Vec<u8> = (0..w)

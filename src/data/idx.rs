@@ -28,6 +28,8 @@ pub enum IdxError {
     Truncated { expected: usize, actual: usize },
     /// The body holds more bytes than the header announces.
     TrailingBytes { expected: usize, actual: usize },
+    /// The dimensions multiply to more values than memory can address.
+    TooLarge { dims: Vec<usize> },
 }
 
 impl fmt::Display for IdxError {
@@ -53,6 +55,9 @@ impl fmt::Display for IdxError {
                 f,
                 "{actual} value bytes where the header announces {expected}: extra bytes at the end"
             ),
+            IdxError::TooLarge { dims } => {
+                write!(f, "impossible dimensions {dims:?}: more values than memory can hold")
+            }
         }
     }
 }
@@ -84,7 +89,10 @@ impl IdxArray {
                     as usize
             })
             .collect();
-        let expected = dims.iter().product::<usize>();
+        let expected = dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| IdxError::TooLarge { dims: dims.clone() })?;
         let actual = bytes.len() - header;
         if actual < expected {
             return Err(IdxError::Truncated { expected, actual });
@@ -158,6 +166,9 @@ mod tests {
                 actual: 1558
             })
         );
+        // Found by the fuzzer: dimensions whose product overflows.
+        let huge = [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(IdxArray::parse(&huge), Err(IdxError::TooLarge { .. })));
         let mut long = good.clone();
         long.push(7);
         assert!(matches!(

@@ -120,13 +120,15 @@ fn loss_at_initialisation_is_close_to_ln_10() {
 }
 
 #[test]
-fn cnn_preset_one_epoch_reaches_082() {
-    let mut config = TrainConfig::preset("cnn").unwrap();
-    config.epochs = 1;
-    let (result, _, _dir) = run(&config, "cnn1");
+fn small_cnn_two_epochs_reach_085() {
+    // The benchmark's W3 network and recipe (Adam 1e-3, batch 128, dropout 0.5), on the custom
+    // convolution kernels. (The cnn preset's one-cycle schedule and weight average need its full
+    // 30 epochs: it reaches 0.9296.)
+    let config = fmnist::bench::Workload::Cnn.config(Some(2));
+    let (result, _, _dir) = run(&config, "cnn2");
     assert!(
-        result.test_acc >= 0.82,
-        "CNN test accuracy after one epoch {}",
+        result.test_acc >= 0.85,
+        "CNN test accuracy after two epochs {}",
         result.test_acc
     );
 }

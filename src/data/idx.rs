@@ -56,7 +56,10 @@ impl fmt::Display for IdxError {
                 "{actual} value bytes where the header announces {expected}: extra bytes at the end"
             ),
             IdxError::TooLarge { dims } => {
-                write!(f, "impossible dimensions {dims:?}: more values than memory can hold")
+                write!(
+                    f,
+                    "impossible dimensions {dims:?}: more values than memory can hold"
+                )
             }
         }
     }
@@ -167,8 +170,13 @@ mod tests {
             })
         );
         // Found by the fuzzer: dimensions whose product overflows.
-        let huge = [0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(IdxArray::parse(&huge), Err(IdxError::TooLarge { .. })));
+        let huge = [
+            0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        assert!(matches!(
+            IdxArray::parse(&huge),
+            Err(IdxError::TooLarge { .. })
+        ));
         let mut long = good.clone();
         long.push(7);
         assert!(matches!(

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::evaluation::evaluate;
 use crate::model::{Arch, ModelConfig};
 use crate::training::config::TrainConfig;
+use crate::training::history::steady_median;
 use crate::training::optimizer::{OptimizerConfig, OptimizerKind};
 use crate::training::schedule::ScheduleConfig;
 use crate::training::trainer::Reporter;
@@ -124,19 +125,6 @@ pub fn peak_rss_kb() -> u64 {
     0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 /// Runs one workload in this process.
 pub fn run(
     workload: Workload,
@@ -158,14 +146,7 @@ pub fn run(
     let _ = evaluate(&model, &data.test, &batcher, device, 1000);
     let inference = data.test.len() as f64 / started.elapsed().as_secs_f64();
     let train_secs: Vec<f64> = history.epochs.iter().map(|r| r.seconds).collect();
-    let steady = |v: Vec<f64>| {
-        if v.len() > 1 {
-            median(v[1..].to_vec())
-        } else {
-            median(v)
-        }
-    };
-    let sec_per_epoch = steady(train_secs.clone());
+    let sec_per_epoch = steady_median(train_secs.clone());
     Ok(BenchResult {
         framework: "fmnist-burn",
         workload,
@@ -173,7 +154,7 @@ pub fn run(
         batch_size: config.batch_size,
         sec_per_epoch_median: sec_per_epoch,
         images_per_sec: data.train.len() as f64 / sec_per_epoch,
-        eval_sec: steady(history.epochs.iter().map(|r| r.eval_seconds).collect()),
+        eval_sec: steady_median(history.epochs.iter().map(|r| r.eval_seconds).collect()),
         test_acc: result.last.val_acc,
         test_loss: result.last.val_loss,
         first_epoch_sec: train_secs.first().copied().unwrap_or(0.0),

@@ -156,6 +156,23 @@ fn matmul(
     }
 }
 
+/// Adds up the per-task `(dweight, dbias)` partial sums.
+fn sum_partials(
+    partials: Vec<(Vec<f32>, Vec<f32>)>,
+    weights: usize,
+    biases: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut parts = partials.into_iter();
+    let (mut dw, mut db) = parts
+        .next()
+        .unwrap_or_else(|| (vec![0.0; weights], vec![0.0; biases]));
+    for (w, b) in parts {
+        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
+    (dw, db)
+}
+
 /// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`.
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let (patch, pixels) = (s.patch(), s.out_pixels());
@@ -230,14 +247,7 @@ pub fn backward(
             (dw, db)
         })
         .collect();
-    let mut parts = partials.into_iter();
-    let (mut dw, mut db) = parts
-        .next()
-        .unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
-    for (w, b) in parts {
-        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
-    }
+    let (dw, db) = sum_partials(partials, o * patch, o);
     let dx = need_dx.then(|| {
         let mut dx = vec![0f32; s.batch * s.in_image()];
         dx.par_chunks_mut(s.in_image())
@@ -399,13 +409,6 @@ pub fn backward_pooled(
             (dw, db)
         })
         .collect();
-    let mut parts = partials.into_iter();
-    let (mut dw, mut db) = parts
-        .next()
-        .unwrap_or_else(|| (vec![0.0; o * patch], vec![0.0; o]));
-    for (w, b) in parts {
-        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
-    }
+    let (dw, db) = sum_partials(partials, o * patch, o);
     (dw, db, dx)
 }

@@ -5,6 +5,7 @@
 pub mod conv;
 pub mod pool;
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -188,6 +189,30 @@ impl CpuKernels for Flex {
     }
 }
 
+/// Registers a convolution's weight, bias and (when tracked) input gradients.
+fn register_conv_grads(
+    grads: &mut Gradients,
+    s: &ConvShape,
+    [node_x, node_w, node_b]: [Option<NodeId>; 3],
+    (dw, db, dx): (Vec<f32>, Vec<f32>, Option<Vec<f32>>),
+) {
+    if let (Some(node), Some(dx)) = (node_x, dx) {
+        grads.register::<Flex>(
+            node,
+            tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
+        );
+    }
+    if let Some(node) = node_w {
+        grads.register::<Flex>(
+            node,
+            tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
+        );
+    }
+    if let Some(node) = node_b {
+        grads.register::<Flex>(node, tensor(db, [s.out_channels]));
+    }
+}
+
 #[derive(Debug)]
 struct ConvPoolBackward;
 
@@ -208,21 +233,8 @@ impl Backward<Flex, 3> for ConvPoolBackward {
             &arg,
             node_x.is_some(),
         );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(
-                node.id,
-                tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
-            );
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(
-                node.id,
-                tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
-            );
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(db, [s.out_channels]));
-        }
+        let ids = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
+        register_conv_grads(grads, &s, ids, (dw, db, dx));
     }
 }
 
@@ -245,21 +257,8 @@ impl Backward<Flex, 3> for ConvBackward {
             &values(&dy),
             node_x.is_some(),
         );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(
-                node.id,
-                tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
-            );
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(
-                node.id,
-                tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
-            );
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(db, [s.out_channels]));
-        }
+        let ids = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
+        register_conv_grads(grads, &s, ids, (dw, db, dx));
     }
 }
 

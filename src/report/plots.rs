@@ -70,17 +70,7 @@ pub fn write_png(series: &[Series], title: &str, path: &Path) -> Result<()> {
         let root = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
         draw(root, series, title)
     };
-    match drawn {
-        Ok(()) => {
-            let file = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            fsio::commit(&tmp, path)
-        }
-        Err(message) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(Error::io(path, std::io::Error::other(message)))
-        }
-    }
+    finish_png(drawn, &tmp, path)
 }
 
 /// Draws the figure as an SVG file.

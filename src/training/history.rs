@@ -32,6 +32,25 @@ pub struct History {
     pub epochs: Vec<EpochRecord>,
 }
 
+/// The median of `values` without the first (warm-up) one, or the first alone.
+pub fn steady_median(values: Vec<f64>) -> f64 {
+    let mut v: Vec<f64> = if values.len() > 1 {
+        values[1..].to_vec()
+    } else {
+        values
+    };
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
 const CSV_HEADER: &str = "epoch,lr,loss,acc,val_loss,val_acc,seconds,eval_seconds";
 
 impl History {
@@ -52,17 +71,7 @@ impl History {
     /// Steady-state seconds per training epoch: the median of epochs 2..N (epoch 1 includes
     /// warm-up), or epoch 1's time for a one-epoch run.
     pub fn steady_seconds_per_epoch(&self) -> f64 {
-        let mut times: Vec<f64> = self.epochs.iter().skip(1).map(|r| r.seconds).collect();
-        if times.is_empty() {
-            return self.epochs.first().map_or(0.0, |r| r.seconds);
-        }
-        times.sort_by(f64::total_cmp);
-        let mid = times.len() / 2;
-        if times.len() % 2 == 1 {
-            times[mid]
-        } else {
-            (times[mid - 1] + times[mid]) / 2.0
-        }
+        steady_median(self.epochs.iter().map(|r| r.seconds).collect())
     }
 
     pub fn to_csv(&self) -> String {

@@ -162,27 +162,20 @@ pub fn resume(
             "the checkpoint does not fit this run's model ({e}); it belongs to another run"
         ),
     };
-    let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(checkpoint.model))
-        .map_err(|e| wrong_model(e.to_string()))?;
-    let model = config
-        .model
-        .init(&train_device)
-        .try_load_record(record)
-        .map_err(|e| wrong_model(e.to_string()))?
-        .train();
+    // A model of this run's configuration on `device`, with the weights of a checkpoint section.
+    let load = |bytes: Vec<u8>, device: &Device| {
+        burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .and_then(|record| config.model.init(device).try_load_record(record))
+            .map_err(|e| wrong_model(e.to_string()))
+    };
+    let model = load(checkpoint.model, &train_device)?.train();
     let optimizer = config
         .optimizer
         .init()
         .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
         .map_err(|e| wrong_model(e.to_string()))?;
     let ema = if config.ema_decay > 0.0 {
-        let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(checkpoint.ema))
-            .map_err(|e| wrong_model(e.to_string()))?;
-        let averaged = config
-            .model
-            .init(device)
-            .try_load_record(record)
-            .map_err(|e| wrong_model(e.to_string()))?;
+        let averaged = load(checkpoint.ema, device)?;
         Some(Ema::new(
             config.ema_decay,
             &averaged,

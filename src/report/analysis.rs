@@ -60,10 +60,9 @@ pub fn analyse(history: &History) -> Option<RunAnalysis> {
 
 /// One or two sentences on a run.
 pub fn reading(history: &History) -> String {
-    let Some(a) = analyse(history) else {
+    let (Some(a), Some(best)) = (analyse(history), history.best()) else {
         return "no epochs recorded".into();
     };
-    let best = history.best().expect("analysed");
     match a.overfitting_from {
         Some(epoch) => format!(
             "test loss is lowest at epoch {epoch} ({:.4}) and rises after it, to {:.4} at epoch {}, while \
@@ -97,21 +96,21 @@ pub fn compare(runs: &[(&str, &History)]) -> String {
         .iter()
         .filter_map(|(name, h)| analyse(h).map(|a| (*name, a)))
         .collect();
+    let by_final = analysed
+        .iter()
+        .max_by(|a, b| a.1.final_val_acc.total_cmp(&b.1.final_val_acc));
+    let by_loss = analysed
+        .iter()
+        .min_by(|a, b| a.1.best_val_loss.total_cmp(&b.1.best_val_loss));
+    let least_gap = analysed
+        .iter()
+        .min_by(|a, b| a.1.final_gap.total_cmp(&b.1.final_gap));
+    let (Some(by_final), Some(by_loss), Some(least_gap)) = (by_final, by_loss, least_gap) else {
+        return String::new();
+    };
     if analysed.len() < 2 {
         return String::new();
     }
-    let by_final = analysed
-        .iter()
-        .max_by(|a, b| a.1.final_val_acc.total_cmp(&b.1.final_val_acc))
-        .expect("non-empty");
-    let by_loss = analysed
-        .iter()
-        .min_by(|a, b| a.1.best_val_loss.total_cmp(&b.1.best_val_loss))
-        .expect("non-empty");
-    let least_gap = analysed
-        .iter()
-        .min_by(|a, b| a.1.final_gap.total_cmp(&b.1.final_gap))
-        .expect("non-empty");
     format!(
         "Highest final test accuracy: {} ({:.4}). Lowest test loss: {} ({:.4} at epoch {}). \
          Smallest final train/test gap: {} ({:.3}).",

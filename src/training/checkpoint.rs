@@ -96,7 +96,7 @@ impl Checkpoint {
         if Sha256::digest(body).as_slice() != digest {
             return Err(damaged("checksum mismatch"));
         }
-        let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+        let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
         if version != VERSION {
             return Err(damaged(&format!(
                 "format version {version}, expected {VERSION}"
@@ -105,8 +105,9 @@ impl Checkpoint {
         let mut at = 12;
         let mut sections = Vec::new();
         for _ in 0..SECTIONS {
-            let len_bytes = body.get(at..at + 8).ok_or_else(|| damaged("truncated"))?;
-            let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+            let mut len_bytes = [0u8; 8];
+            len_bytes.copy_from_slice(body.get(at..at + 8).ok_or_else(|| damaged("truncated"))?);
+            let len = u64::from_le_bytes(len_bytes) as usize;
             at += 8;
             let section = body.get(at..at + len).ok_or_else(|| damaged("truncated"))?;
             sections.push(section.to_vec());
@@ -114,9 +115,9 @@ impl Checkpoint {
         }
         let position: Position = serde_json::from_slice(&sections[0])
             .map_err(|e| damaged(&format!("bad state: {e}")))?;
-        let ema = sections.pop().expect("four sections");
-        let optimizer = sections.pop().expect("four sections");
-        let model = sections.pop().expect("four sections");
+        let [_, model, optimizer, ema]: [Vec<u8>; SECTIONS] = sections
+            .try_into()
+            .map_err(|_| damaged("missing sections"))?;
         Ok(Checkpoint {
             position,
             model,

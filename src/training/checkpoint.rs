@@ -153,7 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_corruption() {
+    fn round_trip_and_corruption() -> Result<(), Box<dyn std::error::Error>> {
         let ck = Checkpoint {
             position: Position {
                 epoch: 3,
@@ -166,7 +166,7 @@ mod tests {
             ema: vec![],
         };
         let bytes = ck.to_bytes();
-        let back = Checkpoint::from_bytes(Path::new("c"), &bytes).unwrap();
+        let back = Checkpoint::from_bytes(Path::new("c"), &bytes)?;
         assert_eq!(back.position, ck.position);
         assert_eq!(back.model, ck.model);
         assert_eq!(back.optimizer, ck.optimizer);
@@ -174,12 +174,12 @@ mod tests {
         bad[30] ^= 1;
         let err = Checkpoint::from_bytes(Path::new("c"), &bad)
             .err()
-            .unwrap()
+            .ok_or("expected an error")?
             .to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
         let err = Checkpoint::from_bytes(Path::new("c"), &bytes[..bytes.len() - 5])
             .err()
-            .unwrap()
+            .ok_or("expected an error")?
             .to_string();
         assert!(err.contains("damaged"), "{err}");
         let err = Checkpoint::from_bytes(
@@ -187,8 +187,9 @@ mod tests {
             b"hello world, this is not a checkpoint at all....",
         )
         .err()
-        .unwrap()
+        .ok_or("expected an error")?
         .to_string();
         assert!(err.contains("not an fmnist checkpoint"), "{err}");
+        Ok(())
     }
 }

@@ -263,13 +263,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_parse_and_match_the_study() {
-        let mlp = TrainConfig::preset("seed-mlp").unwrap();
+    fn presets_parse_and_match_the_study() -> Result<(), Box<dyn std::error::Error>> {
+        let mlp = TrainConfig::preset("seed-mlp")?;
         assert_eq!(mlp.epochs, 50);
         assert_eq!(mlp.model.hidden, vec![60, 60]);
         assert_eq!(mlp.schedule.hold_epochs, 30);
         assert_eq!(mlp.schedule.factor, 0.98);
-        let linear = TrainConfig::preset("seed-linear").unwrap();
+        let linear = TrainConfig::preset("seed-linear")?;
         assert_eq!(linear.epochs, 300);
         assert!(linear.model.hidden.is_empty());
         assert_eq!(linear.schedule.hold_epochs, 150);
@@ -277,10 +277,11 @@ mod tests {
         assert_eq!(linear.optimizer.lr, 0.05);
         assert_eq!(linear.optimizer.momentum, 0.95);
         assert_eq!(linear.batch_size, 1024);
+        Ok(())
     }
 
     #[test]
-    fn unknown_key_and_wrong_type_name_the_line() {
+    fn unknown_key_and_wrong_type_name_the_line() -> Result<(), Box<dyn std::error::Error>> {
         let err =
             TrainConfig::from_toml("epochs = 3\n[model]\nhiden = [1]\n", "x.toml").unwrap_err();
         let msg = err.to_string();
@@ -297,17 +298,19 @@ mod tests {
         let err =
             TrainConfig::from_toml("[model]\nactivation = \"swish\"\n", "z.toml").unwrap_err();
         assert!(err.to_string().contains("swish"), "{err}");
+        Ok(())
     }
 
     #[test]
-    fn round_trip_through_toml() {
-        let mut c = TrainConfig::preset("seed-linear").unwrap();
+    fn round_trip_through_toml() -> Result<(), Box<dyn std::error::Error>> {
+        let mut c = TrainConfig::preset("seed-linear")?;
         c.provenance = Some(Provenance {
             threads: 2,
             ..Default::default()
         });
-        let back = TrainConfig::from_toml(&c.to_toml(), "back").unwrap();
+        let back = TrainConfig::from_toml(&c.to_toml(), "back")?;
         assert_eq!(back, c);
-        assert_eq!(back.recipe(), TrainConfig::preset("seed-linear").unwrap());
+        assert_eq!(back.recipe(), TrainConfig::preset("seed-linear")?);
+        Ok(())
     }
 }

@@ -149,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn best_and_steady_time() {
+    fn best_and_steady_time() -> Result<(), Box<dyn std::error::Error>> {
         let h = History {
             epochs: vec![
                 rec(1, 0.9, 5.0),
@@ -158,10 +158,11 @@ mod tests {
                 rec(4, 0.7, 2.0),
             ],
         };
-        assert_eq!(h.best().unwrap().epoch, 2);
+        assert_eq!(h.best().ok_or("no best epoch")?.epoch, 2);
         assert_eq!(h.steady_seconds_per_epoch(), 2.0);
-        let back = History::from_csv(&h.to_csv()).unwrap();
+        let back = History::from_csv(&h.to_csv())?;
         assert_eq!(back.epochs.len(), 4);
         assert_eq!(back.epochs[1].val_loss, 0.5);
+        Ok(())
     }
 }

@@ -10,7 +10,6 @@ use super::{
     BenchArgs, DataAction, DataCommand, EvalArgs, PlotArgs, PredictArgs, RecipeArgs, StudyArgs,
     SummaryArgs, TrainArgs,
 };
-use crate::data::batcher::Batcher;
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
 use crate::training::config::Provenance;
@@ -283,24 +282,14 @@ pub fn train(args: TrainArgs) -> Result<()> {
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let run = RunDir::open(&args.run)?;
-    let config = run.read_config()?;
     let dataset = data::obtain(&args.data.options())?;
-    let device = device();
-    let model = run.load_weights(config.model.init(&device), args.weights)?;
-    let train_pixels = if config.data.val_split > 0.0 {
-        dataset.train.clone().split_last(config.data.val_split).0
-    } else {
-        dataset.train.clone()
-    };
-    let batcher = Batcher::new(config.data.normalization, train_pixels.pixel_stats());
-    let scores = crate::evaluation::evaluate_with(
-        &model,
-        &dataset.test,
-        &batcher,
-        &device,
-        config.eval_batch_size,
-        config.data.tta_flip,
-    );
+    let predictor = crate::inference::Predictor::load(
+        &run.path,
+        args.weights,
+        Some(&dataset.train),
+        &device(),
+    )?;
+    let scores = predictor.evaluate(&dataset.test);
     if args.json {
         let out = json!({
             "run": run.path,

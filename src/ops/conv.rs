@@ -35,6 +35,11 @@ impl ConvShape {
         self.out_height() * self.out_width()
     }
 
+    /// Output pixels per channel after 2x2 max pooling.
+    pub fn pooled_pixels(&self) -> usize {
+        (self.out_height() / 2) * (self.out_width() / 2)
+    }
+
     fn in_image(&self) -> usize {
         self.in_channels * self.height * self.width
     }
@@ -156,124 +161,45 @@ fn matmul(
     }
 }
 
-/// Adds up the per-task `(dweight, dbias)` partial sums.
-fn sum_partials(
-    partials: Vec<(Vec<f32>, Vec<f32>)>,
-    weights: usize,
-    biases: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut parts = partials.into_iter();
-    let (mut dw, mut db) = parts
-        .next()
-        .unwrap_or_else(|| (vec![0.0; weights], vec![0.0; biases]));
-    for (w, b) in parts {
-        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+/// One image's convolution into `out` (`[out_channels × pixels]`), using `cols` as scratch.
+fn conv_image(
+    s: &ConvShape,
+    x_i: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    cols: &mut [f32],
+    out: &mut [f32],
+) {
+    let (patch, pixels) = (s.patch(), s.out_pixels());
+    im2col(s, x_i, cols);
+    matmul(
+        s.out_channels,
+        pixels,
+        patch,
+        out,
+        false,
+        weight,
+        (patch as isize, 1),
+        cols,
+        (pixels as isize, 1),
+        false,
+    );
+    for (o, row) in out.chunks_mut(pixels).enumerate() {
+        let b = bias[o];
+        row.iter_mut().for_each(|v| *v += b);
     }
-    (dw, db)
 }
 
 /// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`.
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
-    let (patch, pixels) = (s.patch(), s.out_pixels());
     let mut out = vec![0f32; s.batch * s.out_image()];
     out.par_chunks_mut(s.out_image())
         .zip(x.par_chunks(s.in_image()))
         .for_each_init(
-            || vec![0f32; patch * pixels],
-            |cols, (out_i, x_i)| {
-                im2col(s, x_i, cols);
-                matmul(
-                    s.out_channels,
-                    pixels,
-                    patch,
-                    out_i,
-                    false,
-                    weight,
-                    (patch as isize, 1),
-                    cols,
-                    (pixels as isize, 1),
-                    false,
-                );
-                for (o, row) in out_i.chunks_mut(pixels).enumerate() {
-                    let b = bias[o];
-                    row.iter_mut().for_each(|v| *v += b);
-                }
-            },
+            || vec![0f32; s.patch() * s.out_pixels()],
+            |cols, (out_i, x_i)| conv_image(s, x_i, weight, bias, cols, out_i),
         );
     out
-}
-
-/// Gradients of [`forward`] given the output gradient `dy`: `(dweight, dbias, dx)`, the input
-/// gradient only when `need_dx`.
-pub fn backward(
-    s: &ConvShape,
-    x: &[f32],
-    weight: &[f32],
-    dy: &[f32],
-    need_dx: bool,
-) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
-    // Weight and bias gradients: sum over images of dy_i · cols_iᵀ, one partial sum per task.
-    let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
-    let per_task = s.batch.div_ceil(tasks);
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let mut dw = vec![0f32; o * patch];
-            let mut db = vec![0f32; o];
-            let mut cols = vec![0f32; patch * pixels];
-            for i in t * per_task..((t + 1) * per_task).min(s.batch) {
-                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                let dy_i = &dy[i * s.out_image()..(i + 1) * s.out_image()];
-                im2col(s, x_i, &mut cols);
-                // dw[o×patch] += dy_i[o×pixels] · cols[patch×pixels]ᵀ
-                matmul(
-                    o,
-                    patch,
-                    pixels,
-                    &mut dw,
-                    true,
-                    dy_i,
-                    (pixels as isize, 1),
-                    &cols,
-                    (1, pixels as isize),
-                    false,
-                );
-                for (c, row) in dy_i.chunks(pixels).enumerate() {
-                    db[c] += row.iter().sum::<f32>();
-                }
-            }
-            (dw, db)
-        })
-        .collect();
-    let (dw, db) = sum_partials(partials, o * patch, o);
-    let dx = need_dx.then(|| {
-        let mut dx = vec![0f32; s.batch * s.in_image()];
-        dx.par_chunks_mut(s.in_image())
-            .zip(dy.par_chunks(s.out_image()))
-            .for_each_init(
-                || vec![0f32; patch * pixels],
-                |dcols, (dx_i, dy_i)| {
-                    // dcols[patch×pixels] = weight[o×patch]ᵀ · dy_i[o×pixels]
-                    matmul(
-                        patch,
-                        pixels,
-                        o,
-                        dcols,
-                        false,
-                        weight,
-                        (1, patch as isize),
-                        dy_i,
-                        (pixels as isize, 1),
-                        false,
-                    );
-                    col2im(s, dcols, dx_i);
-                },
-            );
-        dx
-    });
-    (dw, db, dx)
 }
 
 /// Convolution followed by 2x2 max pooling, fused: each image's convolution output stays in a
@@ -285,9 +211,7 @@ pub fn forward_pooled(
     weight: &[f32],
     bias: &[f32],
 ) -> (Vec<f32>, Vec<u8>) {
-    let (patch, pixels) = (s.patch(), s.out_pixels());
-    let (oh, ow) = (s.out_height(), s.out_width());
-    let pooled = (oh / 2) * (ow / 2);
+    let (pixels, pooled) = (s.out_pixels(), s.pooled_pixels());
     let mut out = vec![0f32; s.batch * s.out_channels * pooled];
     let mut arg = vec![0u8; s.batch * s.out_channels * pooled];
     out.par_chunks_mut(s.out_channels * pooled)
@@ -296,31 +220,17 @@ pub fn forward_pooled(
         .for_each_init(
             || {
                 (
-                    vec![0f32; patch * pixels],
+                    vec![0f32; s.patch() * pixels],
                     vec![0f32; s.out_channels * pixels],
                 )
             },
             |(cols, conv), ((out_i, arg_i), x_i)| {
-                im2col(s, x_i, cols);
-                matmul(
-                    s.out_channels,
-                    pixels,
-                    patch,
-                    conv,
-                    false,
-                    weight,
-                    (patch as isize, 1),
-                    cols,
-                    (pixels as isize, 1),
-                    false,
-                );
-                for (o, plane) in conv.chunks_mut(pixels).enumerate() {
-                    let b = bias[o];
-                    plane.iter_mut().for_each(|v| *v += b);
+                conv_image(s, x_i, weight, bias, cols, conv);
+                for (o, plane) in conv.chunks(pixels).enumerate() {
                     super::pool::pool_plane(
                         plane,
-                        oh,
-                        ow,
+                        s.out_height(),
+                        s.out_width(),
                         &mut out_i[o * pooled..(o + 1) * pooled],
                         &mut arg_i[o * pooled..(o + 1) * pooled],
                     );
@@ -328,6 +238,20 @@ pub fn forward_pooled(
             },
         );
     (out, arg)
+}
+
+/// Gradients of [`forward`] given the output gradient `dy`: `(dweight, dbias, dx)`, the input
+/// gradient only when `need_dx`.
+pub fn backward(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    backward_with(s, x, weight, need_dx, |i, dconv| {
+        dconv.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()]);
+    })
 }
 
 /// Gradients of [`forward_pooled`] given the pooled output gradient `dy` and the argmax codes:
@@ -340,9 +264,33 @@ pub fn backward_pooled(
     arg: &[u8],
     need_dx: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (pixels, pooled, o) = (s.out_pixels(), s.pooled_pixels(), s.out_channels);
+    backward_with(s, x, weight, need_dx, |i, dconv| {
+        for c in 0..o {
+            let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
+            super::pool::unpool_plane(
+                &dy[at.clone()],
+                &arg[at],
+                s.out_height(),
+                s.out_width(),
+                &mut dconv[c * pixels..(c + 1) * pixels],
+            );
+        }
+    })
+}
+
+/// The shared backward pass. `dconv_of(i, buffer)` writes image `i`'s gradient with respect to
+/// the convolution output (`[out_channels × pixels]`). The batch is split into one task per
+/// thread; each task accumulates its weight and bias gradients (`dy_i · cols_iᵀ`) and writes its
+/// images' input gradients (`col2im(weightᵀ · dy_i)`), all in per-task buffers.
+fn backward_with(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    need_dx: bool,
+    dconv_of: impl Fn(usize, &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
-    let (oh, ow) = (s.out_height(), s.out_width());
-    let pooled = (oh / 2) * (ow / 2);
     let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
     let per_task = s.batch.div_ceil(tasks);
     let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
@@ -359,20 +307,12 @@ pub fn backward_pooled(
             let mut cols = vec![0f32; patch * pixels];
             let mut dconv = vec![0f32; o * pixels];
             for i in t * per_task..((t + 1) * per_task).min(s.batch) {
-                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                let dy_i = &dy[i * o * pooled..(i + 1) * o * pooled];
-                let arg_i = &arg[i * o * pooled..(i + 1) * o * pooled];
-                for c in 0..o {
-                    super::pool::unpool_plane(
-                        &dy_i[c * pooled..(c + 1) * pooled],
-                        &arg_i[c * pooled..(c + 1) * pooled],
-                        oh,
-                        ow,
-                        &mut dconv[c * pixels..(c + 1) * pixels],
-                    );
-                    db[c] += dy_i[c * pooled..(c + 1) * pooled].iter().sum::<f32>();
+                dconv_of(i, &mut dconv);
+                for (c, row) in dconv.chunks(pixels).enumerate() {
+                    db[c] += row.iter().sum::<f32>();
                 }
-                im2col(s, x_i, &mut cols);
+                im2col(s, &x[i * s.in_image()..(i + 1) * s.in_image()], &mut cols);
+                // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ
                 matmul(
                     o,
                     patch,
@@ -386,7 +326,7 @@ pub fn backward_pooled(
                     false,
                 );
                 if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    let local = i - t * per_task;
+                    // cols[patch×pixels] = weight[o×patch]ᵀ · dconv[o×pixels], then back to the image.
                     matmul(
                         patch,
                         pixels,
@@ -399,6 +339,7 @@ pub fn backward_pooled(
                         (pixels as isize, 1),
                         false,
                     );
+                    let local = i - t * per_task;
                     col2im(
                         s,
                         &cols,
@@ -411,4 +352,21 @@ pub fn backward_pooled(
         .collect();
     let (dw, db) = sum_partials(partials, o * patch, o);
     (dw, db, dx)
+}
+
+/// Adds up the per-task `(dweight, dbias)` partial sums.
+fn sum_partials(
+    partials: Vec<(Vec<f32>, Vec<f32>)>,
+    weights: usize,
+    biases: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut parts = partials.into_iter();
+    let (mut dw, mut db) = parts
+        .next()
+        .unwrap_or_else(|| (vec![0.0; weights], vec![0.0; biases]));
+    for (w, b) in parts {
+        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
+    }
+    (dw, db)
 }

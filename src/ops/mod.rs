@@ -214,49 +214,23 @@ fn register_conv_grads(
 }
 
 #[derive(Debug)]
-struct ConvPoolBackward;
-
-impl Backward<Flex, 3> for ConvPoolBackward {
-    /// The input, the weight, the padding and the argmax codes.
-    type State = (FlexTensor, FlexTensor, usize, Vec<u8>);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, weight, padding, arg) = ops.state;
-        let s = conv_shape(&x, &weight, padding);
-        let (dw, db, dx) = conv::backward_pooled(
-            &s,
-            &values(&x),
-            &values(&weight),
-            &values(&dy),
-            &arg,
-            node_x.is_some(),
-        );
-        let ids = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
-        register_conv_grads(grads, &s, ids, (dw, db, dx));
-    }
-}
-
-#[derive(Debug)]
 struct ConvBackward;
 
 impl Backward<Flex, 3> for ConvBackward {
-    /// The input, the weight and the padding.
-    type State = (FlexTensor, FlexTensor, usize);
+    /// The input, the weight, the padding and, when pooling is fused in, the argmax codes.
+    type State = (FlexTensor, FlexTensor, usize, Option<Vec<u8>>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, weight, padding) = ops.state;
+        let (x, weight, padding, pooled) = ops.state;
         let s = conv_shape(&x, &weight, padding);
-        let (dw, db, dx) = conv::backward(
-            &s,
-            &values(&x),
-            &values(&weight),
-            &values(&dy),
-            node_x.is_some(),
-        );
+        let (x, weight, dy) = (values(&x), values(&weight), values(&dy));
+        let need_dx = node_x.is_some();
+        let (dw, db, dx) = match &pooled {
+            Some(arg) => conv::backward_pooled(&s, &x, &weight, &dy, arg, need_dx),
+            None => conv::backward(&s, &x, &weight, &dy, need_dx),
+        };
         let ids = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
         register_conv_grads(grads, &s, ids, (dw, db, dx));
     }
@@ -296,7 +270,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
                 let out =
                     Flex::fast_conv2d(x.clone(), weight.clone(), bias.into_primitive(), padding);
-                prep.finish((x, weight, padding), out)
+                prep.finish((x, weight, padding, None), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_conv2d(
                 x.into_primitive(),
@@ -328,7 +302,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
-        match ConvPoolBackward
+        match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
@@ -351,7 +325,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                         s.out_width() / 2,
                     ],
                 );
-                prep.finish((x, weight, padding, arg), out)
+                prep.finish((x, weight, padding, Some(arg)), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_conv2d_pool(
                 x.into_primitive(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
@@ -108,6 +109,38 @@ fn value_label(v: &f64) -> String {
     if text == "-0.00" { "0.00".into() } else { text }
 }
 
+/// A panel with epochs on the x axis: caption, axis descriptions, integer epoch ticks.
+fn epoch_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+    y_desc: &str,
+    x_ticks: usize,
+) -> std::result::Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String>
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .x_labels(x_ticks)
+        .x_label_formatter(&epoch_label)
+        .y_label_formatter(&value_label)
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     series: &[Series],
@@ -145,24 +178,7 @@ fn draw<DB: DrawingBackend>(
                 [a, b]
             })
         }));
-        let mut chart = ChartBuilder::on(panel)
-            .caption(caption, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(1f64..epochs, range)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .y_desc(y_desc)
-            .x_labels(x_ticks)
-            .x_label_formatter(&epoch_label)
-            .y_label_formatter(&value_label)
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 17))
-            .draw()
-            .map_err(err)?;
+        let mut chart = epoch_chart(panel, caption, 1.0..epochs, range, y_desc, x_ticks)?;
         for (i, s) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let train: Vec<(f64, f64)> = s
@@ -221,27 +237,14 @@ fn draw<DB: DrawingBackend>(
             .filter(move |r| in_window(r.epoch))
             .map(|r| r.val_loss)
     }));
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption(
-            "Test loss around its minimum (best epoch marked)",
-            (FONT, 22),
-        )
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, range.clone())
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("test loss")
-        .x_labels(((x1 - x0) as usize + 1).min(10))
-        .x_label_formatter(&epoch_label)
-        .y_label_formatter(&value_label)
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(err)?;
+    let mut chart = epoch_chart(
+        &panels[2],
+        "Test loss around its minimum (best epoch marked)",
+        x0..x1,
+        range.clone(),
+        "test loss",
+        ((x1 - x0) as usize + 1).min(10),
+    )?;
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let test: Vec<(f64, f64)> = s
@@ -288,24 +291,14 @@ fn draw<DB: DrawingBackend>(
     let gaps: Vec<Vec<(usize, f64)>> = series.iter().map(|s| analysis::gap(s.history)).collect();
     let mut range = padded(gaps.iter().flatten().map(|&(_, g)| g));
     range.start = range.start.min(0.0);
-    let mut chart = ChartBuilder::on(&panels[3])
-        .caption("Train/test gap: test loss minus train loss", (FONT, 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(1f64..epochs, range)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("loss gap")
-        .x_labels(x_ticks)
-        .x_label_formatter(&epoch_label)
-        .y_label_formatter(&value_label)
-        .label_style((FONT, 15))
-        .axis_desc_style((FONT, 17))
-        .draw()
-        .map_err(err)?;
+    let mut chart = epoch_chart(
+        &panels[3],
+        "Train/test gap: test loss minus train loss",
+        1.0..epochs,
+        range,
+        "loss gap",
+        x_ticks,
+    )?;
     for (i, g) in gaps.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         chart

@@ -2,6 +2,7 @@
 //! validation data after every epoch; keep the best and the last weights; checkpoint at the end of
 //! every epoch (and every N batches on request) so that a stopped run continues exactly.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -245,8 +246,9 @@ struct Trainer<'a> {
     run: &'a RunDir,
     device: &'a Device,
     options: &'a TrainOptions,
-    train_split: Split,
-    val_split: Split,
+    /// Borrowed from the dataset unless part of it is held out for validation.
+    train_split: Cow<'a, Split>,
+    val_split: Cow<'a, Split>,
     batcher: Batcher,
 }
 
@@ -259,9 +261,10 @@ impl<'a> Trainer<'a> {
         options: &'a TrainOptions,
     ) -> Self {
         let (train_split, val_split) = if config.data.val_split > 0.0 {
-            data.train.clone().split_last(config.data.val_split)
+            let (train, held_out) = data.train.clone().split_last(config.data.val_split);
+            (Cow::Owned(train), Cow::Owned(held_out))
         } else {
-            (data.train.clone(), data.test.clone())
+            (Cow::Borrowed(&data.train), Cow::Borrowed(&data.test))
         };
         let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
         Trainer {

@@ -55,19 +55,6 @@ impl Split {
         &self.images[i * PIXELS..(i + 1) * PIXELS]
     }
 
-    /// The examples at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Split {
-        let mut out = Split {
-            images: Vec::with_capacity(indices.len() * PIXELS),
-            labels: Vec::with_capacity(indices.len()),
-        };
-        for &i in indices {
-            out.images.extend_from_slice(self.image(i));
-            out.labels.push(self.labels[i]);
-        }
-        out
-    }
-
     /// Splits off the last `fraction` of the examples, as Keras's `validation_split` does.
     pub fn split_last(self, fraction: f64) -> (Split, Split) {
         let held = ((self.len() as f64) * fraction).round() as usize;

@@ -210,3 +210,86 @@ fn fused_convolution_and_pooling_matches_burn() {
         );
     }
 }
+
+fn as4(t: Tensor<2>) -> Tensor<4> {
+    let [a, b] = t.dims();
+    t.reshape([1, 1, a, b])
+}
+
+#[test]
+fn dense_layer_matches_burn_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    device.seed(17);
+    // (rows, inputs, outputs): the narrow kernels (<= 16 outputs from >= 64 inputs, odd sizes
+    // included) and the gemm path (the MLP's 784 -> 60 and 60 -> 60 layers).
+    let cases = [
+        (1024, 784, 10),
+        (37, 100, 13),
+        (5, 64, 1),
+        (1024, 784, 60),
+        (33, 60, 60),
+        (7, 60, 10),
+    ];
+    for (rows, inputs, outputs) in cases {
+        for relu in [false, true] {
+            let x = Tensor::<2>::random([rows, inputs], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let weight =
+                Tensor::<2>::random([inputs, outputs], Distribution::Normal(0.0, 0.2), &device)
+                    .require_grad();
+            let bias = Tensor::<1>::random([outputs], Distribution::Normal(0.0, 0.2), &device)
+                .require_grad();
+            let fast = ops::dense(x.clone(), weight.clone(), bias.clone(), relu);
+            let linear = x.clone().matmul(weight.clone()) + bias.clone().unsqueeze();
+            let reference = if relu {
+                burn::tensor::activation::relu(linear)
+            } else {
+                linear
+            };
+            let tag = format!("dense {rows}x{inputs} -> {outputs}, relu {relu}");
+            assert_close(
+                &format!("{tag} forward"),
+                as4(fast.clone()),
+                as4(reference.clone()),
+                1e-5,
+            );
+            let probe =
+                Tensor::<2>::random([rows, outputs], Distribution::Normal(0.0, 1.0), &device);
+            let g_fast = (fast * probe.clone()).sum().backward();
+            let g_ref = (reference * probe).sum().backward();
+            for (name, t) in [("dx", &x), ("dw", &weight)] {
+                assert_close(
+                    &format!("{tag} {name}"),
+                    as4(t.grad(&g_fast).unwrap()),
+                    as4(t.grad(&g_ref).unwrap()),
+                    1e-4,
+                );
+            }
+            assert_close(
+                &format!("{tag} db"),
+                bias.grad(&g_fast).unwrap().reshape([1, 1, 1, outputs]),
+                bias.grad(&g_ref).unwrap().reshape([1, 1, 1, outputs]),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn dense_input_that_needs_no_gradient_gets_none() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<2>::ones([8, 100], &device);
+    let weight = Tensor::<2>::ones([100, 3], &device).require_grad();
+    let bias = Tensor::<1>::zeros([3], &device).require_grad();
+    let grads = ops::dense(x.clone(), weight.clone(), bias, false)
+        .sum()
+        .backward();
+    assert!(x.grad(&grads).is_none());
+    let dw = weight
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert!(dw.iter().all(|&v| v == 8.0), "{dw:?}");
+}

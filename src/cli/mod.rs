@@ -422,8 +422,19 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         pool = pool.num_threads(threads);
     }
-    pool.build_global()
+    pool.stack_size(COMMAND_STACK_BYTES)
+        .build_global()
         .map_err(|e| Error::Usage(format!("--threads: {e}")))?;
+    // Run the command on one of the pool's workers: a parallel operation started from a worker
+    // shares the work with the other workers instead of handing all of it over and sleeping until
+    // it is done, which saves a thread wake-up per operation (about 15 us, thousands per epoch).
+    rayon::scope(|_| dispatch(cli))
+}
+
+/// Stack of each worker thread, the command's included (as large as the main thread's).
+const COMMAND_STACK_BYTES: usize = 8 << 20;
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(args) => commands::data(args),
         Command::Summary(args) => commands::summary(args),

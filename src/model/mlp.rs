@@ -96,6 +96,25 @@ pub fn dense(d_input: usize, d_output: usize, device: &Device) -> Linear {
     }
 }
 
+/// `layer` applied to `x` (then ReLU when `relu`) by the fused dense kernel.
+///
+/// # Shapes
+///   - x: `[batch, inputs]`
+///   - output: `[batch, outputs]`
+pub fn dense_forward(layer: &Linear, x: Tensor<2>, relu: bool) -> Tensor<2> {
+    match &layer.bias {
+        Some(bias) => crate::ops::dense(x, layer.weight.val(), bias.val(), relu),
+        None => {
+            let y = layer.forward(x);
+            if relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            }
+        }
+    }
+}
+
 /// Flatten -> (Dense -> [batch norm] -> activation -> dropout) per hidden layer -> Dense(10).
 #[derive(Module, Debug)]
 pub struct Mlp {
@@ -140,14 +159,20 @@ impl Mlp {
     ///   - output: `[batch, 10]` logits
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x: Tensor<2> = images.flatten(1, 3); // [batch, 784]
+        let fuse_relu = matches!(self.activation, Activation::Relu(_)) && self.norms.is_empty();
         for (i, layer) in self.hidden.iter().enumerate() {
-            x = layer.forward(x); // [batch, hidden]
-            if let Some(norm) = self.norms.get(i) {
-                x = norm.forward(x);
+            if fuse_relu {
+                x = dense_forward(layer, x, true); // [batch, hidden], activated
+            } else {
+                x = dense_forward(layer, x, false); // [batch, hidden]
+                if let Some(norm) = self.norms.get(i) {
+                    x = norm.forward(x);
+                }
+                x = self.activation.forward(x);
             }
-            x = self.dropout.forward(self.activation.forward(x));
+            x = self.dropout.forward(x);
         }
-        self.output.forward(x) // [batch, 10]
+        dense_forward(&self.output, x, false) // [batch, 10]
     }
 }
 

@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::matmul;
+
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvShape {
@@ -112,52 +114,6 @@ fn col2im(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// Row-major `dst[m×n] (+)= a[m×k] · b[k×n]`, with explicit strides for transposed operands.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    (a_rs, a_cs): (isize, isize),
-    b: &[f32],
-    (b_rs, b_cs): (isize, isize),
-    parallel: bool,
-) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: the slices outlive the call and cover every index the strides reach: `dst` is
-    // m×n row-major, and the callers pass strides that stay within `a` and `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            if parallel {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
     }
 }
 

@@ -3,6 +3,8 @@
 //! wgpu) keep Burn's own operations; [`conv2d`] and [`max_pool2x2`] pick the path by device.
 
 pub mod conv;
+pub mod dense;
+mod matmul;
 pub mod pool;
 
 use burn::backend::autodiff::NodeId;
@@ -18,6 +20,7 @@ use burn::tensor::module::{conv2d as burn_conv2d, max_pool2d as burn_max_pool2d}
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
 use conv::ConvShape;
+use dense::{DenseShape, Fused};
 
 /// The operations fmnist implements itself on the CPU.
 #[backend_extension(Autodiff, Flex)]
@@ -38,6 +41,13 @@ pub trait CpuKernels: burn::backend::Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+    ) -> FloatTensor<Self>;
+    /// Dense layer `x · weight + bias` (`weight` is `[inputs, outputs]`), then ReLU when `relu`.
+    fn fast_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -105,6 +115,30 @@ pub fn conv2d_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: us
     max_pool2x2(conv2d(x, weight, bias, padding))
 }
 
+/// Dense layer `x · weight + bias`, then ReLU when `relu`: one fused kernel (sparse-input aware)
+/// on flex, Burn's operations elsewhere.
+///
+/// # Shapes
+///   - x: `[batch, inputs]`, weight: `[inputs, outputs]`, bias: `[outputs]`
+///   - output: `[batch, outputs]`
+pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu: bool) -> Tensor<2> {
+    if is_flex(&x.device()) {
+        let out = <Dispatch as CpuKernels>::fast_dense(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            relu,
+        );
+        return Tensor::from_dispatch(out);
+    }
+    let y = x.matmul(weight) + bias.unsqueeze();
+    if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    }
+}
+
 /// The values of a flex tensor as a contiguous `f32` slice: borrowed when the tensor already is
 /// one (the usual case), copied otherwise.
 fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -148,7 +182,37 @@ fn conv_shape(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> ConvShape 
     }
 }
 
+fn dense_shape(x: &FlexTensor, weight: &FlexTensor) -> DenseShape {
+    let (xs, ws) = (x.shape(), weight.shape());
+    assert_eq!(
+        xs[1], ws[0],
+        "dense: weight expects {} inputs, got {}",
+        ws[0], xs[1]
+    );
+    DenseShape {
+        rows: xs[0],
+        inputs: xs[1],
+        outputs: ws[1],
+    }
+}
+
+fn fused(relu: bool) -> Fused {
+    if relu { Fused::Relu } else { Fused::Identity }
+}
+
 impl CpuKernels for Flex {
+    fn fast_dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
+        let s = dense_shape(&x, &weight);
+        let y = dense::forward(
+            &s,
+            &values(&x),
+            &values(&weight),
+            &values(&bias),
+            fused(relu),
+        );
+        tensor(y, [s.rows, s.outputs])
+    }
+
     fn fast_conv2d(
         x: FlexTensor,
         weight: FlexTensor,
@@ -237,6 +301,39 @@ impl Backward<Flex, 3> for ConvBackward {
 }
 
 #[derive(Debug)]
+struct DenseBackward;
+
+impl Backward<Flex, 3> for DenseBackward {
+    /// The input, the weight, the output and whether ReLU is fused.
+    type State = (FlexTensor, FlexTensor, FlexTensor, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, weight, y, relu) = ops.state;
+        let s = dense_shape(&x, &weight);
+        let (dw, db, dx) = dense::backward(
+            &s,
+            &values(&x),
+            &values(&weight),
+            &values(&y),
+            &values(&dy),
+            fused(relu),
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, [s.rows, s.inputs]));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(dw, [s.inputs, s.outputs]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, [s.outputs]));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct PoolBackward;
 
 impl Backward<Flex, 1> for PoolBackward {
@@ -255,6 +352,39 @@ impl Backward<Flex, 1> for PoolBackward {
 }
 
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn fast_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        match DenseBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let s = dense_shape(&x, &weight);
+                let y = dense::forward(
+                    &s,
+                    &values(&x),
+                    &values(&weight),
+                    &values(&bias.into_primitive()),
+                    fused(relu),
+                );
+                let y = tensor(y, [s.rows, s.outputs]);
+                prep.finish((x, weight, y.clone(), relu), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fast_dense(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                relu,
+            )),
+        }
+    }
+
     fn fast_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -293,3 +293,34 @@ fn dense_input_that_needs_no_gradient_gets_none() {
         .unwrap();
     assert!(dw.iter().all(|&v| v == 8.0), "{dw:?}");
 }
+
+#[test]
+fn cross_entropy_matches_burn_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    device.seed(23);
+    for (rows, classes, smoothing) in [(1024, 10, 0.0), (7, 10, 0.1), (33, 3, 0.25)] {
+        let logits = Tensor::<2>::random([rows, classes], Distribution::Normal(0.0, 3.0), &device)
+            .require_grad();
+        let labels: Vec<i64> = (0..rows).map(|i| ((i * 7 + 3) % classes) as i64).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [rows]), &device);
+        let fast = ops::cross_entropy(logits.clone(), targets.clone(), smoothing);
+        let reference = burn::nn::loss::CrossEntropyLossConfig::new()
+            .with_smoothing((smoothing > 0.0).then_some(smoothing))
+            .init(&device)
+            .forward(logits.clone(), targets);
+        let tag = format!("cross-entropy {rows}x{classes}, smoothing {smoothing}");
+        assert_close(
+            &format!("{tag} loss"),
+            fast.clone().reshape([1, 1, 1, 1]),
+            reference.clone().reshape([1, 1, 1, 1]),
+            1e-5,
+        );
+        let (g_fast, g_ref) = ((fast * 3.0).backward(), (reference * 3.0).backward());
+        assert_close(
+            &format!("{tag} gradient"),
+            as4(logits.grad(&g_fast).unwrap()),
+            as4(logits.grad(&g_ref).unwrap()),
+            1e-4,
+        );
+    }
+}

@@ -20,9 +20,6 @@ pub enum Normalization {
     Standardize,
 }
 
-/// Rows one worker task assembles.
-const ROWS_PER_TASK: usize = 64;
-
 /// How many rows ahead [`Batcher::batch`] prefetches.
 const PREFETCH_ROWS: usize = 6;
 
@@ -134,21 +131,22 @@ impl Batcher {
         }
     }
 
-    /// `[rows, 1, 28, 28]` pixels, row `r` written by `fill(r, out)`, rows spread over rayon's
-    /// threads in blocks.
+    /// `[rows, 1, 28, 28]` pixels, row `r` written by `fill(r, out)`, one block of rows per
+    /// worker thread (as the dense kernels split them).
     fn assemble(
         &self,
         rows: usize,
         device: &Device,
         fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
     ) -> Tensor<4> {
+        let per_task = crate::ops::rows_per_worker(rows);
         let mut values: Vec<f32> = Vec::with_capacity(rows * PIXELS);
         values.spare_capacity_mut()[..rows * PIXELS]
-            .par_chunks_mut(ROWS_PER_TASK * PIXELS)
+            .par_chunks_mut(per_task * PIXELS)
             .enumerate()
             .for_each(|(task, block)| {
                 for (k, out) in block.chunks_mut(PIXELS).enumerate() {
-                    fill(task * ROWS_PER_TASK + k, out);
+                    fill(task * per_task + k, out);
                 }
             });
         // SAFETY: every one of the `rows * PIXELS` values has been written by `fill`.

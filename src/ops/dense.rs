@@ -8,13 +8,12 @@
 
 use rayon::prelude::*;
 
-use super::matmul::matmul_rows;
+use super::matmul::{PARALLEL_MIN_WORK, matmul, matmul_rows};
+use super::rows_per_worker;
 
 const LANES: usize = 16;
 /// Narrow layers need at least this many inputs.
 const NARROW_MIN_INPUTS: usize = 64;
-/// Rows one task of the narrow forward pass computes.
-const NARROW_ROWS_PER_TASK: usize = 64;
 
 /// Activation fused into the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,20 +94,7 @@ pub fn backward(
     let dw = if is_narrow(s) {
         narrow_weight_grad(s, x, g)
     } else {
-        let mut dw = vec![0f32; s.inputs * s.outputs];
-        // dw = xᵀ · g
-        matmul_rows(
-            s.inputs,
-            s.outputs,
-            s.rows,
-            &mut dw,
-            false,
-            x,
-            (1, s.inputs as isize),
-            g,
-            (s.outputs as isize, 1),
-        );
-        dw
+        gemm_weight_grad(s, x, g)
     };
     let dx = need_dx.then(|| {
         let mut dx = vec![0f32; s.rows * s.inputs];
@@ -127,6 +113,51 @@ pub fn backward(
         dx
     });
     (dw, db, dx)
+}
+
+/// `dw = xᵀ · g` by the `gemm` crate: one partial sum per worker over its own block of rows (the
+/// rows it computed in the forward pass, still in its cache), then added up in block order.
+fn gemm_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
+    let rows = if s.rows * s.inputs * s.outputs >= PARALLEL_MIN_WORK {
+        rows_per_worker(s.rows)
+    } else {
+        s.rows.max(1)
+    };
+    sum_partials(
+        s,
+        x.par_chunks(rows * s.inputs)
+            .zip(g.par_chunks(rows * s.outputs))
+            .map(|(x, g)| {
+                let mut dw = vec![0f32; s.inputs * s.outputs];
+                let block_rows = g.len() / s.outputs;
+                matmul(
+                    s.inputs,
+                    s.outputs,
+                    block_rows,
+                    &mut dw,
+                    false,
+                    x,
+                    (1, s.inputs as isize),
+                    g,
+                    (s.outputs as isize, 1),
+                    false,
+                );
+                dw
+            })
+            .collect(),
+    )
+}
+
+/// The sum of per-block weight gradients, in block order.
+fn sum_partials(s: &DenseShape, partials: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut parts = partials.into_iter();
+    let mut dw = parts
+        .next()
+        .unwrap_or_else(|| vec![0f32; s.inputs * s.outputs]);
+    for part in parts {
+        dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
+    }
+    dw
 }
 
 /// Whether the narrow kernels apply: few outputs (the linear model, output layers) from many
@@ -148,8 +179,9 @@ fn narrow_forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
             wt[o * s.inputs + i] = v;
         }
     }
-    y.par_chunks_mut(NARROW_ROWS_PER_TASK * s.outputs)
-        .zip(x.par_chunks(NARROW_ROWS_PER_TASK * s.inputs))
+    let rows = rows_per_worker(s.rows);
+    y.par_chunks_mut(rows * s.outputs)
+        .zip(x.par_chunks(rows * s.inputs))
         .for_each(|(y, x)| {
             for (out, row) in y.chunks_mut(s.outputs).zip(x.chunks(s.inputs)) {
                 #[cfg(target_arch = "x86_64")]
@@ -163,20 +195,26 @@ fn narrow_forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
 
 /// `dw = xᵀ · g` for narrow layers: 16 inputs at a time, all outputs in registers.
 fn narrow_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let mut dw = vec![0f32; s.inputs * s.outputs];
-    let chunks = s.inputs.div_ceil(LANES);
-    let tasks = rayon::current_num_threads().clamp(1, chunks);
-    let per_task = chunks.div_ceil(tasks) * LANES;
-    dw.par_chunks_mut(per_task * s.outputs)
-        .enumerate()
-        .for_each(|(task, dw)| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `is_narrow` checked AVX-512F; the slices have the layer's shapes.
-            unsafe {
-                avx512::weight_grad_inputs(s, task * per_task, x, g, dw)
-            };
-        });
-    dw
+    let rows = rows_per_worker(s.rows);
+    sum_partials(
+        s,
+        x.par_chunks(rows * s.inputs)
+            .zip(g.par_chunks(rows * s.outputs))
+            .map(|(x, g)| {
+                let block = DenseShape {
+                    rows: g.len() / s.outputs,
+                    ..*s
+                };
+                let mut dw = vec![0f32; s.inputs * s.outputs];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `is_narrow` checked AVX-512F; the slices have the block's shapes.
+                unsafe {
+                    avx512::weight_grad(&block, x, g, &mut dw)
+                };
+                dw
+            })
+            .collect(),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -250,32 +288,20 @@ mod avx512 {
         }
     }
 
-    /// Rows `first..` of `dw = xᵀ · g` (as many as `dw` holds), 16 inputs by all outputs in
-    /// registers, over blocks of a few rows of `x` that stay in L1.
+    /// `dw = xᵀ · g` over the rows of `x`: 16 inputs by all outputs in registers, over blocks of
+    /// a few rows of `x` that stay in L1.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weight_grad_inputs(
-        s: &DenseShape,
-        first: usize,
-        x: &[f32],
-        g: &[f32],
-        dw: &mut [f32],
-    ) {
+    pub unsafe fn weight_grad(s: &DenseShape, x: &[f32], g: &[f32], dw: &mut [f32]) {
         // SAFETY: forwarded from the caller.
-        unsafe { with_outputs!(s.outputs, weight_grad_inputs_m(s, first, x, g, dw)) }
+        unsafe { with_outputs!(s.outputs, weight_grad_m(s, x, g, dw)) }
     }
 
     /// Rows of `x` summed in registers before the running sums are updated.
     const ROW_BLOCK: usize = 8;
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn weight_grad_inputs_m<const M: usize>(
-        s: &DenseShape,
-        first: usize,
-        x: &[f32],
-        g: &[f32],
-        dw: &mut [f32],
-    ) {
-        let count = dw.len() / M;
+    unsafe fn weight_grad_m<const M: usize>(s: &DenseShape, x: &[f32], g: &[f32], dw: &mut [f32]) {
+        let count = s.inputs;
         let chunks = count.div_ceil(LANES);
         let mut sums = vec![[_mm512_setzero_ps(); M]; chunks];
         // SAFETY (whole body): masked loads stay inside row `r` of `x` (`lanes` stops at
@@ -284,7 +310,7 @@ mod avx512 {
             for block in (0..s.rows).step_by(ROW_BLOCK) {
                 let end = (block + ROW_BLOCK).min(s.rows);
                 for (c, sum) in sums.iter_mut().enumerate() {
-                    let start = first + c * LANES;
+                    let start = c * LANES;
                     let valid = lanes(start, s.inputs);
                     let mut acc = [_mm512_setzero_ps(); M];
                     for r in block..end {

@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod loss;
 mod matmul;
 pub mod pool;
 
@@ -13,7 +14,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::{conv2d as burn_conv2d, max_pool2d as burn_max_pool2d};
@@ -49,6 +50,20 @@ pub trait CpuKernels: burn::backend::Backend {
         bias: FloatTensor<Self>,
         relu: bool,
     ) -> FloatTensor<Self>;
+    /// Mean softmax cross-entropy of `logits` `[rows, classes]` against class indices `targets`
+    /// `[rows]`, with label smoothing; `[1]`.
+    fn fast_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        smoothing: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// Rows each worker thread takes when `rows` are split into one contiguous block per worker:
+/// the batcher and the dense kernels split a batch alike, so that each thread finds the rows it
+/// wrote (or read) last in its own cache.
+pub fn rows_per_worker(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads()).max(1)
 }
 
 /// Whether `device` runs on the flex CPU backend (with or without autodiff).
@@ -139,6 +154,60 @@ pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu: bool) -> Te
     }
 }
 
+/// Mean softmax cross-entropy with label smoothing `smoothing` (0 for none): one fused kernel on
+/// flex, Burn's `CrossEntropyLoss` elsewhere.
+///
+/// # Shapes
+///   - logits: `[batch, classes]`, targets: `[batch]`
+///   - output: `[1]`
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f32) -> Tensor<1> {
+    if is_flex(&logits.device()) {
+        let out = <Dispatch as CpuKernels>::fast_cross_entropy(
+            logits.into_dispatch(),
+            targets.into_dispatch(),
+            smoothing,
+        );
+        return Tensor::from_dispatch(out);
+    }
+    burn::nn::loss::CrossEntropyLossConfig::new()
+        .with_smoothing((smoothing > 0.0).then_some(smoothing))
+        .init(&logits.device())
+        .forward(logits, targets)
+}
+
+/// Class indices of a flex integer tensor.
+fn indices(t: &FlexTensor) -> Vec<usize> {
+    match t.as_slice::<i64>() {
+        Some(slice) => slice.iter().map(|&v| v as usize).collect(),
+        None => t
+            .to_contiguous()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("converted to i64")
+            .into_iter()
+            .map(|v| v as usize)
+            .collect(),
+    }
+}
+
+/// `(rows, classes)` of a logits tensor, checked against the targets.
+fn logits_shape(logits: &FlexTensor, targets: &[usize]) -> (usize, usize) {
+    let shape = logits.shape();
+    let (rows, classes) = (shape[0], shape[1]);
+    assert_eq!(
+        rows,
+        targets.len(),
+        "cross_entropy: {rows} rows of logits, {} targets",
+        targets.len()
+    );
+    assert!(
+        targets.iter().all(|&t| t < classes),
+        "cross_entropy: a target is not below the {classes} classes"
+    );
+    (rows, classes)
+}
+
 /// The values of a flex tensor as a contiguous `f32` slice: borrowed when the tensor already is
 /// one (the usual case), copied otherwise.
 fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -201,6 +270,13 @@ fn fused(relu: bool) -> Fused {
 }
 
 impl CpuKernels for Flex {
+    fn fast_cross_entropy(logits: FlexTensor, targets: FlexTensor, smoothing: f32) -> FlexTensor {
+        let targets = indices(&targets);
+        let (_, classes) = logits_shape(&logits, &targets);
+        let (loss, _) = loss::forward(&values(&logits), classes, &targets, smoothing);
+        tensor(vec![loss as f32], [1])
+    }
+
     fn fast_dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
         let s = dense_shape(&x, &weight);
         let y = dense::forward(
@@ -334,6 +410,25 @@ impl Backward<Flex, 3> for DenseBackward {
 }
 
 #[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<Flex, 1> for CrossEntropyBackward {
+    /// Softmax probabilities, targets, classes and smoothing.
+    type State = (Vec<f32>, Vec<usize>, usize, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_logits] = ops.parents;
+        let upstream = grads.consume::<Flex>(&ops.node);
+        let (probs, targets, classes, smoothing) = ops.state;
+        if let Some(node) = node_logits {
+            let upstream = values(&upstream)[0];
+            let grad = loss::backward(&probs, classes, &targets, smoothing, upstream);
+            grads.register::<Flex>(node.id, tensor(grad, [targets.len(), classes]));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct PoolBackward;
 
 impl Backward<Flex, 1> for PoolBackward {
@@ -352,6 +447,34 @@ impl Backward<Flex, 1> for PoolBackward {
 }
 
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn fast_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        smoothing: f32,
+    ) -> FloatTensor<Self> {
+        match CrossEntropyBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let logits = logits.into_primitive();
+                let targets = indices(&targets);
+                let (_, classes) = logits_shape(&logits, &targets);
+                let (loss, probs) = loss::forward(&values(&logits), classes, &targets, smoothing);
+                prep.finish(
+                    (probs, targets, classes, smoothing),
+                    tensor(vec![loss as f32], [1]),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::fast_cross_entropy(
+                logits.into_primitive(),
+                targets,
+                smoothing,
+            )),
+        }
+    }
+
     fn fast_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

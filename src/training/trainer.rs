@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Bytes;
@@ -25,6 +24,7 @@ use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
 use crate::evaluation::evaluate_with;
 use crate::model::Model;
+use crate::ops::cross_entropy;
 
 /// Receives progress events; the console, a study's progress view and tests implement it.
 pub trait Reporter {
@@ -298,9 +298,7 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let elapsed_before = position.elapsed_seconds;
         let train_device = self.device.clone().autodiff();
-        let loss_fn = CrossEntropyLossConfig::new()
-            .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing as f32))
-            .init(&train_device);
+        let smoothing = config.label_smoothing as f32;
         let n = self.train_split.len();
         let batches = n.div_ceil(config.batch_size);
         let augmentation = config.data.augmentation();
@@ -338,7 +336,7 @@ impl<'a> Trainer<'a> {
                     &train_device,
                 );
                 let logits = model.forward(batch.images);
-                let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
+                let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
                 let loss_value = loss.clone().into_scalar::<f64>();
                 position.batch = b + 1;
                 if loss_value.is_finite() {

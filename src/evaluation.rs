@@ -53,6 +53,29 @@ pub fn evaluate(
     evaluate_with(model, split, batcher, device, batch_size, false)
 }
 
+/// The class with the highest score in each row of `scores` (`[rows, classes]`), the first on
+/// ties; read on the host, which for a batch of 1,024 costs less than Burn's five operations.
+pub fn predicted_classes(scores: Tensor<2>) -> Vec<u8> {
+    let [_, classes] = scores.dims();
+    let values = scores
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    values
+        .chunks(classes.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (c, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = c;
+                }
+            }
+            best as u8
+        })
+        .collect()
+}
+
 /// [`evaluate`], optionally with flip test-time augmentation.
 pub fn evaluate_with(
     model: &Model,

@@ -183,11 +183,11 @@ fn narrow_forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
     y.par_chunks_mut(rows * s.outputs)
         .zip(x.par_chunks(rows * s.inputs))
         .for_each(|(y, x)| {
-            for (out, row) in y.chunks_mut(s.outputs).zip(x.chunks(s.inputs)) {
+            for (out, rows) in y.chunks_mut(2 * s.outputs).zip(x.chunks(2 * s.inputs)) {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `is_narrow` checked AVX-512F; the slices have the layer's shapes.
                 unsafe {
-                    avx512::dot_row(s, row, &wt, b, out)
+                    avx512::dot_rows(s, rows, &wt, b, out)
                 };
             }
         });
@@ -255,35 +255,65 @@ mod avx512 {
         };
     }
 
-    /// One output row of a narrow layer: `out[o] = b[o] + row · wt[o]`.
+    /// One or two output rows of a narrow layer: `out[r][o] = b[o] + rows[r] · wt[o]`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_row(s: &DenseShape, row: &[f32], wt: &[f32], b: &[f32], out: &mut [f32]) {
-        // SAFETY: forwarded from the caller.
-        unsafe { with_outputs!(s.outputs, dot_row_m(s.inputs, row, wt, b, out)) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_row_m<const M: usize>(
-        inputs: usize,
-        row: &[f32],
+    pub unsafe fn dot_rows(
+        s: &DenseShape,
+        rows: &[f32],
         wt: &[f32],
         b: &[f32],
         out: &mut [f32],
     ) {
-        debug_assert!(row.len() == inputs && wt.len() == M * inputs && out.len() == M);
-        // SAFETY (whole body): masked loads stay inside `row` and the rows of `wt`.
+        // SAFETY: forwarded from the caller.
+        unsafe { with_outputs!(s.outputs, dot_rows_m(s.inputs, rows, wt, b, out)) }
+    }
+
+    /// Two rows share each load of `wt` when their `2 M` sums fit in the registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_rows_m<const M: usize>(
+        inputs: usize,
+        rows: &[f32],
+        wt: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+    ) {
+        debug_assert!(wt.len() == M * inputs && out.len() * inputs == rows.len() * M);
+        // SAFETY (whole body): masked loads stay inside `rows` and the rows of `wt`.
         unsafe {
-            let mut acc = [_mm512_setzero_ps(); M];
+            if M > 12 || rows.len() < 2 * inputs {
+                for (row, out) in rows.chunks(inputs).zip(out.chunks_mut(M)) {
+                    let mut acc = [_mm512_setzero_ps(); M];
+                    for start in (0..inputs).step_by(LANES) {
+                        let valid = lanes(start, inputs);
+                        let xv = _mm512_maskz_loadu_ps(valid, row.as_ptr().add(start));
+                        for (o, a) in acc.iter_mut().enumerate() {
+                            let wv =
+                                _mm512_maskz_loadu_ps(valid, wt.as_ptr().add(o * inputs + start));
+                            *a = _mm512_fmadd_ps(xv, wv, *a);
+                        }
+                    }
+                    for (o, a) in acc.iter().enumerate() {
+                        out[o] = b[o] + _mm512_reduce_add_ps(*a);
+                    }
+                }
+                return;
+            }
+            let (first, second) = rows.split_at(inputs);
+            let mut acc = [[_mm512_setzero_ps(); M]; 2];
             for start in (0..inputs).step_by(LANES) {
                 let valid = lanes(start, inputs);
-                let xv = _mm512_maskz_loadu_ps(valid, row.as_ptr().add(start));
-                for (o, a) in acc.iter_mut().enumerate() {
+                let x0 = _mm512_maskz_loadu_ps(valid, first.as_ptr().add(start));
+                let x1 = _mm512_maskz_loadu_ps(valid, second.as_ptr().add(start));
+                for o in 0..M {
                     let wv = _mm512_maskz_loadu_ps(valid, wt.as_ptr().add(o * inputs + start));
-                    *a = _mm512_fmadd_ps(xv, wv, *a);
+                    acc[0][o] = _mm512_fmadd_ps(x0, wv, acc[0][o]);
+                    acc[1][o] = _mm512_fmadd_ps(x1, wv, acc[1][o]);
                 }
             }
-            for (o, a) in acc.iter().enumerate() {
-                out[o] = b[o] + _mm512_reduce_add_ps(*a);
+            for (r, acc) in acc.iter().enumerate() {
+                for (o, a) in acc.iter().enumerate() {
+                    out[r * M + o] = b[o] + _mm512_reduce_add_ps(*a);
+                }
             }
         }
     }
@@ -309,19 +339,34 @@ mod avx512 {
         unsafe {
             for block in (0..s.rows).step_by(ROW_BLOCK) {
                 let end = (block + ROW_BLOCK).min(s.rows);
-                for (c, sum) in sums.iter_mut().enumerate() {
-                    let start = c * LANES;
-                    let valid = lanes(start, s.inputs);
-                    let mut acc = [_mm512_setzero_ps(); M];
+                // Two chunks of 16 inputs share each broadcast of `g` when their `2 M` sums fit
+                // in the registers.
+                let pair = if M <= 12 { 2 } else { 1 };
+                for (c, sum) in sums.chunks_mut(pair).enumerate() {
+                    let start = c * pair * LANES;
+                    let valid = [lanes(start, s.inputs), lanes(start + LANES, s.inputs)];
+                    let mut acc = [[_mm512_setzero_ps(); M]; 2];
                     for r in block..end {
-                        let xv = _mm512_maskz_loadu_ps(valid, x.as_ptr().add(r * s.inputs + start));
+                        let at = x.as_ptr().add(r * s.inputs + start);
+                        let x0 = _mm512_maskz_loadu_ps(valid[0], at);
+                        let x1 = if pair == 2 {
+                            _mm512_maskz_loadu_ps(valid[1], at.add(LANES))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
                         let g_row = g.as_ptr().add(r * M);
-                        for (o, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(xv, _mm512_set1_ps(*g_row.add(o)), *a);
+                        for o in 0..M {
+                            let gv = _mm512_set1_ps(*g_row.add(o));
+                            acc[0][o] = _mm512_fmadd_ps(x0, gv, acc[0][o]);
+                            if pair == 2 {
+                                acc[1][o] = _mm512_fmadd_ps(x1, gv, acc[1][o]);
+                            }
                         }
                     }
-                    for (total, a) in sum.iter_mut().zip(acc) {
-                        *total = _mm512_add_ps(*total, a);
+                    for (total, acc) in sum.iter_mut().zip(&acc) {
+                        for (t, a) in total.iter_mut().zip(acc) {
+                            *t = _mm512_add_ps(*t, *a);
+                        }
                     }
                 }
             }

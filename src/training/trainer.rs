@@ -22,7 +22,7 @@ use super::run_dir::{RunDir, RunResult, Weights};
 use crate::data::batcher::Batcher;
 use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
-use crate::evaluation::evaluate_with;
+use crate::evaluation::{evaluate_with, predicted_classes};
 use crate::model::Model;
 use crate::ops::cross_entropy;
 
@@ -340,13 +340,11 @@ impl<'a> Trainer<'a> {
                 let loss_value = loss.clone().into_scalar::<f64>();
                 position.batch = b + 1;
                 if loss_value.is_finite() {
-                    position.correct += logits
-                        .argmax(1)
-                        .squeeze_dim::<1>(1)
-                        .equal(batch.targets)
-                        .int()
-                        .sum()
-                        .into_scalar::<i64>();
+                    position.correct += predicted_classes(logits.inner())
+                        .iter()
+                        .zip(indices)
+                        .filter(|&(&p, &i)| p == self.train_split.labels[i])
+                        .count() as i64;
                     position.loss_sum += loss_value * indices.len() as f64;
                     position.seen += indices.len();
                     let grads = GradientsParams::from_grads(loss.backward(), &model);

@@ -257,13 +257,7 @@ mod avx512 {
 
     /// One or two output rows of a narrow layer: `out[r][o] = b[o] + rows[r] · wt[o]`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_rows(
-        s: &DenseShape,
-        rows: &[f32],
-        wt: &[f32],
-        b: &[f32],
-        out: &mut [f32],
-    ) {
+    pub unsafe fn dot_rows(s: &DenseShape, rows: &[f32], wt: &[f32], b: &[f32], out: &mut [f32]) {
         // SAFETY: forwarded from the caller.
         unsafe { with_outputs!(s.outputs, dot_rows_m(s.inputs, rows, wt, b, out)) }
     }
@@ -304,10 +298,11 @@ mod avx512 {
                 let valid = lanes(start, inputs);
                 let x0 = _mm512_maskz_loadu_ps(valid, first.as_ptr().add(start));
                 let x1 = _mm512_maskz_loadu_ps(valid, second.as_ptr().add(start));
-                for o in 0..M {
+                let [first_sums, second_sums] = &mut acc;
+                for (o, (a0, a1)) in first_sums.iter_mut().zip(second_sums).enumerate() {
                     let wv = _mm512_maskz_loadu_ps(valid, wt.as_ptr().add(o * inputs + start));
-                    acc[0][o] = _mm512_fmadd_ps(x0, wv, acc[0][o]);
-                    acc[1][o] = _mm512_fmadd_ps(x1, wv, acc[1][o]);
+                    *a0 = _mm512_fmadd_ps(x0, wv, *a0);
+                    *a1 = _mm512_fmadd_ps(x1, wv, *a1);
                 }
             }
             for (r, acc) in acc.iter().enumerate() {
@@ -355,11 +350,12 @@ mod avx512 {
                             _mm512_setzero_ps()
                         };
                         let g_row = g.as_ptr().add(r * M);
-                        for o in 0..M {
+                        let [first_sums, second_sums] = &mut acc;
+                        for (o, (a0, a1)) in first_sums.iter_mut().zip(second_sums).enumerate() {
                             let gv = _mm512_set1_ps(*g_row.add(o));
-                            acc[0][o] = _mm512_fmadd_ps(x0, gv, acc[0][o]);
+                            *a0 = _mm512_fmadd_ps(x0, gv, *a0);
                             if pair == 2 {
-                                acc[1][o] = _mm512_fmadd_ps(x1, gv, acc[1][o]);
+                                *a1 = _mm512_fmadd_ps(x1, gv, *a1);
                             }
                         }
                     }

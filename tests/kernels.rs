@@ -324,3 +324,71 @@ fn cross_entropy_matches_burn_forward_and_backward() {
         );
     }
 }
+
+#[test]
+fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
+    let device = Device::flex().autodiff();
+    device.seed(29);
+    for (n, c, h, w) in [(8, 3, 5, 7), (16, 32, 13, 13), (2, 1, 28, 28)] {
+        let fast_layer = burn::nn::BatchNormConfig::new(c).init(&device);
+        let mut reference_layer = fast_layer.clone();
+        // Distinct gamma and beta, so that their gradients are tested for real.
+        let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.3), &device);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.3), &device);
+        let mut fast_layer = fast_layer;
+        for layer in [&mut fast_layer, &mut reference_layer] {
+            layer.gamma = burn::module::Param::from_tensor(gamma.clone());
+            layer.beta = burn::module::Param::from_tensor(beta.clone());
+        }
+        let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.5, 2.0), &device)
+            .require_grad();
+        let fast = ops::batch_norm(&fast_layer, x.clone());
+        let reference = reference_layer.forward(x.clone());
+        let tag = format!("batch norm {n}x{c}x{h}x{w}");
+        assert_close(
+            &format!("{tag} forward"),
+            fast.clone(),
+            reference.clone(),
+            1e-5,
+        );
+        let probe = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let g_fast = (fast * probe.clone()).sum().backward();
+        let g_ref = (reference * probe).sum().backward();
+        assert_close(
+            &format!("{tag} dx"),
+            grad4(&x, &g_fast),
+            grad4(&x, &g_ref),
+            1e-4,
+        );
+        for (name, fast_param, ref_param) in [
+            ("dgamma", &fast_layer.gamma, &reference_layer.gamma),
+            ("dbeta", &fast_layer.beta, &reference_layer.beta),
+        ] {
+            assert_close(
+                &format!("{tag} {name}"),
+                fast_param.grad(&g_fast).unwrap().reshape([1, 1, 1, c]),
+                ref_param.grad(&g_ref).unwrap().reshape([1, 1, 1, c]),
+                1e-4,
+            );
+        }
+        for (name, fast_state, ref_state) in [
+            (
+                "running mean",
+                &fast_layer.running_mean,
+                &reference_layer.running_mean,
+            ),
+            (
+                "running var",
+                &fast_layer.running_var,
+                &reference_layer.running_var,
+            ),
+        ] {
+            assert_close(
+                &format!("{tag} {name}"),
+                fast_state.value_sync().reshape([1, 1, 1, c]),
+                ref_state.value_sync().reshape([1, 1, 1, c]),
+                1e-5,
+            );
+        }
+    }
+}

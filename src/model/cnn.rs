@@ -80,7 +80,7 @@ impl ConvBlock {
     fn linear(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.conv.forward(x);
         match &self.norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => ops::batch_norm(norm, x),
             None => x,
         }
     }

@@ -6,6 +6,7 @@ pub mod conv;
 pub mod dense;
 pub mod loss;
 mod matmul;
+pub mod norm;
 pub mod pool;
 
 use burn::backend::autodiff::NodeId;
@@ -15,13 +16,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, AutodiffBackend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::{conv2d as burn_conv2d, max_pool2d as burn_max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
 use conv::ConvShape;
 use dense::{DenseShape, Fused};
+use norm::NormShape;
 
 /// The operations fmnist implements itself on the CPU.
 #[backend_extension(Autodiff, Flex)]
@@ -57,6 +59,14 @@ pub trait CpuKernels: burn::backend::Backend {
         targets: IntTensor<Self>,
         smoothing: f32,
     ) -> FloatTensor<Self>;
+    /// Batch normalisation of `x` `[batch, channels, h, w]` with the batch's statistics:
+    /// `(output, mean, biased variance)`, the last two `[channels]` and not differentiated.
+    fn fast_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Rows each worker thread takes when `rows` are split into one contiguous block per worker:
@@ -175,6 +185,50 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f32)
         .forward(logits, targets)
 }
 
+/// Burn's `BatchNorm` layer applied to `x`, its training path (batch statistics, running
+/// statistics updated as Burn does) on the fast kernel when on flex; Burn's own layer otherwise
+/// and for inference.
+///
+/// # Shapes
+///   - x: `[batch, channels, height, width]`
+///   - output: same as x
+pub fn batch_norm(norm: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if !(is_flex(&device) && device.is_autodiff() && norm.training.is_enabled()) {
+        return norm.forward(x);
+    }
+    let (out, mean, var) = <Dispatch as CpuKernels>::fast_batch_norm_train(
+        x.into_dispatch(),
+        norm.gamma.val().into_dispatch(),
+        norm.beta.val().into_dispatch(),
+        norm.epsilon,
+    );
+    let (mean, var) = (
+        Tensor::<1>::from_dispatch(mean),
+        Tensor::<1>::from_dispatch(var),
+    );
+    let update = |running: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+        let value = running
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - norm.momentum)
+            .add(batch.detach().mul_scalar(norm.momentum));
+        running.update(value.detach());
+    };
+    update(&norm.running_mean, mean);
+    update(&norm.running_var, var);
+    Tensor::from_dispatch(out)
+}
+
+fn norm_shape(x: &FlexTensor) -> NormShape {
+    let [batch, channels, h, w] = dims4(x);
+    NormShape {
+        batch,
+        channels,
+        plane: h * w,
+    }
+}
+
 /// Class indices of a flex integer tensor.
 fn indices(t: &FlexTensor) -> Vec<usize> {
     match t.as_slice::<i64>() {
@@ -270,6 +324,23 @@ fn fused(relu: bool) -> Fused {
 }
 
 impl CpuKernels for Flex {
+    fn fast_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let s = norm_shape(&x);
+        let (y, mean, var) =
+            norm::forward(&s, &values(&x), &values(&gamma), &values(&beta), epsilon);
+        let shape = x.shape();
+        (
+            tensor(y, shape),
+            tensor(mean, [s.channels]),
+            tensor(var, [s.channels]),
+        )
+    }
+
     fn fast_cross_entropy(logits: FlexTensor, targets: FlexTensor, smoothing: f32) -> FlexTensor {
         let targets = indices(&targets);
         let (_, classes) = logits_shape(&logits, &targets);
@@ -429,6 +500,39 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
 }
 
 #[derive(Debug)]
+struct NormBackward;
+
+impl Backward<Flex, 3> for NormBackward {
+    /// The input, gamma, the batch mean and variance, and epsilon.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, gamma, mean, var, epsilon) = ops.state;
+        let s = norm_shape(&x);
+        let (dx, dgamma, dbeta) = norm::backward(
+            &s,
+            &values(&x),
+            &values(&gamma),
+            &mean,
+            &var,
+            epsilon,
+            &values(&dy),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, x.shape()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, [s.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, [s.channels]));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct PoolBackward;
 
 impl Backward<Flex, 1> for PoolBackward {
@@ -447,6 +551,37 @@ impl Backward<Flex, 1> for PoolBackward {
 }
 
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn fast_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let prepared = NormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+        let s = norm_shape(&x);
+        let (y, mean, var) = norm::forward(
+            &s,
+            &values(&x),
+            &values(&gamma),
+            &values(&beta.into_primitive()),
+            epsilon,
+        );
+        let y = tensor(y, x.shape());
+        let stats = (
+            Self::from_inner(tensor(mean.clone(), [s.channels])),
+            Self::from_inner(tensor(var.clone(), [s.channels])),
+        );
+        let out = match prepared {
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, mean, var, epsilon), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (out, stats.0, stats.1)
+    }
+
     fn fast_cross_entropy(
         logits: FloatTensor<Self>,
         targets: IntTensor<Self>,

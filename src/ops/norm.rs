@@ -1,0 +1,158 @@
+//! Batch normalisation of `[batch, channels, height, width]` tensors with the batch's own
+//! statistics (training), on the CPU, with its own backward. Burn's generic version swaps the batch
+//! and channel axes (a full copy) for every reduction; here each channel's planes are read in
+//! place, channels spread over rayon's threads.
+
+use rayon::prelude::*;
+
+/// Shapes of one batch normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormShape {
+    pub batch: usize,
+    pub channels: usize,
+    /// Values per channel plane (`height × width`).
+    pub plane: usize,
+}
+
+impl NormShape {
+    /// Values per channel over the whole batch.
+    fn count(&self) -> usize {
+        self.batch * self.plane
+    }
+
+    /// The planes of channel `c`, one per image.
+    fn planes<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> {
+        (0..self.batch).map(move |n| &x[(n * self.channels + c) * self.plane..][..self.plane])
+    }
+}
+
+/// Per-channel `(mean, biased variance)` of `x`, in two passes (mean, then squared deviations)
+/// with sums in `f64` across planes.
+fn statistics(s: &NormShape, x: &[f32]) -> Vec<(f32, f32)> {
+    (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let count = s.count().max(1) as f64;
+            let sum: f64 = s.planes(x, c).map(|p| p.iter().sum::<f32>() as f64).sum();
+            let mean = (sum / count) as f32;
+            let squares: f64 = s
+                .planes(x, c)
+                .map(|p| p.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() as f64)
+                .sum();
+            (mean, (squares / count) as f32)
+        })
+        .collect()
+}
+
+/// Forward: `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the batch's per-channel
+/// mean and biased variance, which are returned too.
+pub fn forward(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let stats = statistics(s, x);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(s.plane)
+        .zip(x.par_chunks(s.plane))
+        .enumerate()
+        .for_each(|(p, (y, x))| {
+            let c = p % s.channels;
+            let (mean, var) = stats[c];
+            let scale = gamma[c] / (var as f64 + epsilon).sqrt() as f32;
+            let shift = beta[c] - mean * scale;
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, &x)| *y = x * scale + shift);
+        });
+    let (mean, var) = stats.into_iter().unzip();
+    (y, mean, var)
+}
+
+/// Backward of [`forward`]: `(dx, dgamma, dbeta)` from the output gradient `dy` and the input,
+/// `gamma` and the statistics the forward pass returned.
+pub fn backward(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let inv_std: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
+        .collect();
+    // Per channel: sum of dy (dbeta) and of dy · x_hat (dgamma).
+    let sums: Vec<(f32, f32)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let (m, r) = (mean[c], inv_std[c]);
+            let (mut dbeta, mut dgamma) = (0f64, 0f64);
+            for (xp, gp) in s.planes(x, c).zip(s.planes(dy, c)) {
+                dbeta += gp.iter().sum::<f32>() as f64;
+                dgamma += xp
+                    .iter()
+                    .zip(gp)
+                    .map(|(&x, &g)| g * (x - m) * r)
+                    .sum::<f32>() as f64;
+            }
+            (dgamma as f32, dbeta as f32)
+        })
+        .collect();
+    let count = s.count().max(1) as f32;
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(s.plane)
+        .zip(x.par_chunks(s.plane).zip(dy.par_chunks(s.plane)))
+        .enumerate()
+        .for_each(|(p, (dx, (x, dy)))| {
+            let c = p % s.channels;
+            let (m, r) = (mean[c], inv_std[c]);
+            let (dgamma, dbeta) = sums[c];
+            let scale = gamma[c] * r;
+            let (mean_dy, mean_dy_xhat) = (dbeta / count, dgamma / count);
+            for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                let x_hat = (x - m) * r;
+                *d = scale * (g - mean_dy - x_hat * mean_dy_xhat);
+            }
+        });
+    let (dgamma, dbeta) = sums.into_iter().unzip();
+    (dx, dgamma, dbeta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_each_channel_over_the_batch() {
+        // 2 images, 2 channels, planes of 2: channel 0 holds 1, 2, 3, 4; channel 1 holds 10 x 4.
+        let s = NormShape {
+            batch: 2,
+            channels: 2,
+            plane: 2,
+        };
+        let x = [1.0, 2.0, 10.0, 10.0, 3.0, 4.0, 10.0, 10.0];
+        let (y, mean, var) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 0.0);
+        assert_eq!(mean, vec![2.5, 10.0]);
+        assert_eq!(var, vec![1.25, 0.0]);
+        let r = 1.0 / 1.25f32.sqrt();
+        let want = [-1.5 * r * 2.0 + 0.5, -0.5 * r * 2.0 + 0.5];
+        assert!(
+            (y[0] - want[0]).abs() < 1e-6 && (y[1] - want[1]).abs() < 1e-6,
+            "{y:?}"
+        );
+        // A constant channel with epsilon 0 would divide by zero; with epsilon it maps to beta.
+        let (y, _, _) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 1e-5);
+        assert_eq!(y[2], -1.0);
+        // The normalised output sums to zero per channel, so dbeta = sum(dy), and dx sums to zero.
+        let dy = [1.0, -2.0, 0.5, 0.25, 3.0, 1.0, -1.0, 2.0];
+        let (dx, _, dbeta) = backward(&s, &x, &[2.0, 1.0], &mean, &var, 1e-5, &dy);
+        assert_eq!(dbeta, vec![3.0, 1.75]);
+        let channel0: f32 = [dx[0], dx[1], dx[4], dx[5]].iter().sum();
+        assert!(channel0.abs() < 1e-5, "{dx:?}");
+    }
+}

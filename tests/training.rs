@@ -141,12 +141,20 @@ fn convolutional_models_have_keras_parameter_counts_and_shapes() {
     let cnn = TrainConfig::preset("cnn").unwrap().model;
     assert_eq!(cnn.summary().total_params(), 225_034);
     assert_eq!(cnn.init(&device).num_params(), 225_034);
-    for arch in [Arch::CnnBn, Arch::Resnet] {
+    // `cnn` with batch normalisation adds 4 values per channel: 225,034 + 4 x (32 + 64).
+    let cnn_bn = ModelConfig {
+        batch_norm: true,
+        ..cnn.clone()
+    };
+    assert_eq!(cnn_bn.summary().total_params(), 225_418);
+    assert_eq!(cnn_bn.init(&device).num_params(), 225_418);
+    for (arch, batch_norm) in [(Arch::CnnBn, false), (Arch::Resnet, false), (Arch::Cnn, true)] {
         let config = ModelConfig {
             arch,
             channels: vec![8, 16],
             blocks: vec![1, 1],
             dense: 32,
+            batch_norm,
             ..ModelConfig::default()
         };
         let model = config.init(&device);

@@ -117,18 +117,12 @@ pub struct ConvNet {
 }
 
 /// Per-stage plan shared by `new` and `summary`: `(channels, convolutions, same padding)`.
-fn convnet_plan(channels: &[usize], batch_norm: bool) -> Vec<(usize, usize, bool)> {
+fn convnet_plan(channels: &[usize], stacked: bool) -> Vec<(usize, usize, bool)> {
     // cnn: one valid 3x3 convolution per stage (28 -> 26 -> 13 -> 11 -> 5);
     // cnn-bn: two same-padded convolutions per stage (28 -> 14 -> 7).
     channels
         .iter()
-        .map(|&c| {
-            if batch_norm {
-                (c, 2, true)
-            } else {
-                (c, 1, false)
-            }
-        })
+        .map(|&c| if stacked { (c, 2, true) } else { (c, 1, false) })
         .collect()
 }
 
@@ -140,14 +134,17 @@ fn spatial_after(plan: &[(usize, usize, bool)]) -> usize {
 }
 
 impl ConvNet {
+    /// `stacked`: two same-padded convolutions per stage (`cnn-bn`) instead of one valid one;
+    /// `batch_norm`: batch normalisation after every convolution.
     pub fn new(
         channels: &[usize],
         dense_width: usize,
         dropout: f64,
+        stacked: bool,
         batch_norm: bool,
         device: &Device,
     ) -> Self {
-        let plan = convnet_plan(channels, batch_norm);
+        let plan = convnet_plan(channels, stacked);
         let mut c_in = 1;
         let mut stages = Vec::new();
         for &(c, convs, same) in &plan {
@@ -198,10 +195,11 @@ pub fn convnet_summary(
     channels: &[usize],
     dense_width: usize,
     dropout: f64,
+    stacked: bool,
     batch_norm: bool,
 ) -> Summary {
-    let plan = convnet_plan(channels, batch_norm);
-    let mut s = Summary::new(if batch_norm { "cnn_bn" } else { "cnn" });
+    let plan = convnet_plan(channels, stacked);
+    let mut s = Summary::new(if stacked { "cnn_bn" } else { "cnn" });
     let (mut c_in, mut side) = (1, SIDE);
     for &(c, convs, same) in &plan {
         for _ in 0..convs {

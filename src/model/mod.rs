@@ -24,7 +24,7 @@ pub enum Arch {
     Linear,
     /// Flatten -> (Dense -> activation -> dropout)* -> Dense(10).
     Mlp,
-    /// (Conv 3x3 valid -> MaxPool 2x2 -> ReLU) per entry of `channels` -> Dense(`dense`) -> dropout -> Dense(10).
+    /// (Conv 3x3 valid -> [BatchNorm] -> MaxPool 2x2 -> ReLU) per entry of `channels` -> Dense(`dense`) -> dropout -> Dense(10).
     Cnn,
     /// (2 x [Conv 3x3 same -> BatchNorm -> ReLU] -> MaxPool 2x2) per entry of `channels` -> dense head.
     CnnBn,
@@ -45,7 +45,8 @@ pub struct ModelConfig {
     pub activation: ActivationKind,
     /// Dropout rate after each hidden layer's activation; 0 disables it.
     pub dropout: f64,
-    /// Batch normalisation between each hidden Dense layer and its activation (MLP).
+    /// Batch normalisation between each hidden Dense layer and its activation (MLP), or after
+    /// each convolution (`cnn`; `cnn-bn` always has it).
     pub batch_norm: bool,
     /// Convolution channels per stage (CNN, ResNet).
     pub channels: Vec<usize>,
@@ -158,6 +159,7 @@ impl ModelConfig {
                 self.dense,
                 self.dropout,
                 self.arch == Arch::CnnBn,
+                self.arch == Arch::CnnBn || self.batch_norm,
                 device,
             )),
             Arch::Resnet => Model::Resnet(ResNet::new(
@@ -190,6 +192,7 @@ impl ModelConfig {
                 self.dense,
                 self.dropout,
                 self.arch == Arch::CnnBn,
+                self.arch == Arch::CnnBn || self.batch_norm,
             ),
             Arch::Resnet => cnn::resnet_summary(&self.channels, &self.blocks, self.dropout),
         }

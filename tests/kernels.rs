@@ -390,5 +390,13 @@ fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
                 1e-5,
             );
         }
+        // Inference with the running statistics, on a device without autodiff.
+        let x = x.inner();
+        assert_close(
+            &format!("{tag} inference"),
+            ops::batch_norm(&fast_layer.valid(), x.clone()),
+            reference_layer.valid().forward(x),
+            1e-5,
+        );
     }
 }

@@ -148,7 +148,11 @@ fn convolutional_models_have_keras_parameter_counts_and_shapes() {
     };
     assert_eq!(cnn_bn.summary().total_params(), 225_418);
     assert_eq!(cnn_bn.init(&device).num_params(), 225_418);
-    for (arch, batch_norm) in [(Arch::CnnBn, false), (Arch::Resnet, false), (Arch::Cnn, true)] {
+    for (arch, batch_norm) in [
+        (Arch::CnnBn, false),
+        (Arch::Resnet, false),
+        (Arch::Cnn, true),
+    ] {
         let config = ModelConfig {
             arch,
             channels: vec![8, 16],

@@ -67,6 +67,15 @@ pub trait CpuKernels: burn::backend::Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// Batch normalisation of `x` `[batch, channels, h, w]` with given statistics (inference).
+    fn fast_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// Rows each worker thread takes when `rows` are split into one contiguous block per worker:
@@ -185,16 +194,29 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f32)
         .forward(logits, targets)
 }
 
-/// Burn's `BatchNorm` layer applied to `x`, its training path (batch statistics, running
-/// statistics updated as Burn does) on the fast kernel when on flex; Burn's own layer otherwise
-/// and for inference.
+/// Burn's `BatchNorm` layer applied to `x`: on flex, its training path (batch statistics,
+/// running statistics updated as Burn does) and its inference path (running statistics, on a
+/// device without autodiff) on the fast kernels; Burn's own layer otherwise.
 ///
 /// # Shapes
 ///   - x: `[batch, channels, height, width]`
 ///   - output: same as x
 pub fn batch_norm(norm: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    if !(is_flex(&device) && device.is_autodiff() && norm.training.is_enabled()) {
+    if !is_flex(&device) {
+        return norm.forward(x);
+    }
+    if !device.is_autodiff() {
+        return Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_batch_norm_eval(
+            x.into_dispatch(),
+            norm.gamma.val().into_dispatch(),
+            norm.beta.val().into_dispatch(),
+            norm.running_mean.value().into_dispatch(),
+            norm.running_var.value().into_dispatch(),
+            norm.epsilon,
+        ));
+    }
+    if !norm.training.is_enabled() {
         return norm.forward(x);
     }
     let (out, mean, var) = <Dispatch as CpuKernels>::fast_batch_norm_train(
@@ -324,6 +346,31 @@ fn fused(relu: bool) -> Fused {
 }
 
 impl CpuKernels for Flex {
+    fn fast_batch_norm_eval(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let s = norm_shape(&x);
+        let stats: Vec<(f32, f32)> = values(&mean)
+            .iter()
+            .copied()
+            .zip(values(&var).iter().copied())
+            .collect();
+        let y = norm::normalize(
+            &s,
+            &values(&x),
+            &values(&gamma),
+            &values(&beta),
+            &stats,
+            epsilon,
+        );
+        tensor(y, x.shape())
+    }
+
     fn fast_batch_norm_train(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -551,6 +598,25 @@ impl Backward<Flex, 1> for PoolBackward {
 }
 
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    /// Inference only: never tracked (the wrapper calls it on devices without autodiff).
+    fn fast_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(Flex::fast_batch_norm_eval(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            mean.into_primitive(),
+            var.into_primitive(),
+            epsilon,
+        ))
+    }
+
     fn fast_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

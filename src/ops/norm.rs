@@ -44,16 +44,15 @@ fn statistics(s: &NormShape, x: &[f32]) -> Vec<(f32, f32)> {
         .collect()
 }
 
-/// Forward: `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the batch's per-channel
-/// mean and biased variance, which are returned too.
-pub fn forward(
+/// `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the given per-channel statistics.
+pub fn normalize(
     s: &NormShape,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    stats: &[(f32, f32)],
     epsilon: f64,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let stats = statistics(s, x);
+) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(s.plane)
         .zip(x.par_chunks(s.plane))
@@ -67,6 +66,20 @@ pub fn forward(
                 .zip(x)
                 .for_each(|(y, &x)| *y = x * scale + shift);
         });
+    y
+}
+
+/// Forward: [`normalize`] with the batch's per-channel mean and biased variance, which are
+/// returned too.
+pub fn forward(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let stats = statistics(s, x);
+    let y = normalize(s, x, gamma, beta, &stats, epsilon);
     let (mean, var) = stats.into_iter().unzip();
     (y, mean, var)
 }

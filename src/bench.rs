@@ -30,6 +30,9 @@ pub enum Workload {
     /// W3: Conv(32) -> pool -> Conv(64) -> pool -> Dense(128) -> Dropout(0.5) -> Dense(10); Adam
     /// 1e-3; batch 128; 3 epochs.
     Cnn,
+    /// The `speedrun` preset's model and recipe (augmentation, EMA, flip TTA); 3 epochs; fmnist's
+    /// own, no peer script runs it.
+    Speedrun,
 }
 
 impl Workload {
@@ -38,13 +41,19 @@ impl Workload {
             Workload::Linear => "linear",
             Workload::Mlp => "mlp",
             Workload::Cnn => "cnn",
+            Workload::Speedrun => "speedrun",
         }
     }
 
-    /// The workload's training configuration, exactly as WORKLOADS.md defines it.
-    pub fn config(self, epochs: Option<usize>) -> TrainConfig {
+    /// The workload's training configuration, exactly as WORKLOADS.md defines it (W1-W3).
+    pub fn config(self, epochs: Option<usize>) -> Result<TrainConfig> {
         let sgd = OptimizerConfig::default();
         let (model, optimizer, batch_size, default_epochs) = match self {
+            Workload::Speedrun => {
+                let mut config = TrainConfig::preset("speedrun")?;
+                config.epochs = epochs.unwrap_or(3);
+                return Ok(config);
+            }
             Workload::Linear => (ModelConfig::linear(), sgd, 1024, 10),
             Workload::Mlp => (ModelConfig::default(), sgd, 1024, 10),
             Workload::Cnn => (
@@ -65,7 +74,7 @@ impl Workload {
                 3,
             ),
         };
-        TrainConfig {
+        Ok(TrainConfig {
             epochs: epochs.unwrap_or(default_epochs),
             batch_size,
             eval_batch_size: batch_size,
@@ -73,7 +82,7 @@ impl Workload {
             optimizer,
             schedule: ScheduleConfig::constant(),
             ..TrainConfig::default()
-        }
+        })
     }
 }
 
@@ -132,7 +141,7 @@ pub fn run(
     data: &FashionMnist,
     device: &Device,
 ) -> Result<BenchResult> {
-    let config = workload.config(epochs);
+    let config = workload.config(epochs)?;
     let root = std::env::temp_dir().join(format!("fmnist-bench-{}", std::process::id()));
     let run = RunDir::create(&root, Some(workload.name()), workload.name(), true)?;
     let result = training::train(&config, data, &run, device, &mut EpochLines);

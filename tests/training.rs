@@ -124,7 +124,7 @@ fn small_cnn_two_epochs_reach_085() {
     // The benchmark's W3 network and recipe (Adam 1e-3, batch 128, dropout 0.5), on the custom
     // convolution kernels. (The cnn preset's one-cycle schedule and weight average need its full
     // 30 epochs: it reaches 0.9296.)
-    let config = fmnist::bench::Workload::Cnn.config(Some(2));
+    let config = fmnist::bench::Workload::Cnn.config(Some(2)).unwrap();
     let (result, _, _dir) = run(&config, "cnn2");
     assert!(
         result.test_acc >= 0.85,

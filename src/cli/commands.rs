@@ -383,7 +383,12 @@ pub fn predict(args: PredictArgs) -> Result<()> {
 pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
     use crate::bench::Workload;
     let workloads = if args.workloads.is_empty() {
-        vec![Workload::Linear, Workload::Mlp, Workload::Cnn]
+        vec![
+            Workload::Linear,
+            Workload::Mlp,
+            Workload::Cnn,
+            Workload::Speedrun,
+        ]
     } else {
         args.workloads.clone()
     };

@@ -45,7 +45,7 @@ pub enum Command {
     Plot(PlotArgs),
     /// Classify pictures (PNG or JPEG, any size and colour) with a trained run.
     Predict(PredictArgs),
-    /// Time the benchmark workloads (W1 linear, W2 MLP, W3 CNN) like the PyTorch and Keras peers.
+    /// Time the benchmark workloads (the peers' W1-W3, and the speedrun recipe).
     Bench(BenchArgs),
 }
 
@@ -374,10 +374,10 @@ pub struct PredictArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workloads to run (default: all three).
+    /// Workloads to run (default: all four).
     #[arg(value_enum)]
     pub workloads: Vec<crate::bench::Workload>,
-    /// Epochs per workload (default: 10, 10 and 3, as the peers).
+    /// Epochs per workload (default: 10, 10 and 3, as the peers; 3 for speedrun).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Leave out the workload headers: epoch lines, then one JSON line per workload.

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::add_partials;
 use super::matmul::matmul;
 
 /// Shapes of one convolution.
@@ -306,23 +307,7 @@ fn backward_with(
             (dw, db)
         })
         .collect();
-    let (dw, db) = sum_partials(partials, o * patch, o);
+    let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    let (dw, db) = (add_partials(dw, o * patch), add_partials(db, o));
     (dw, db, dx)
-}
-
-/// Adds up the per-task `(dweight, dbias)` partial sums.
-fn sum_partials(
-    partials: Vec<(Vec<f32>, Vec<f32>)>,
-    weights: usize,
-    biases: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut parts = partials.into_iter();
-    let (mut dw, mut db) = parts
-        .next()
-        .unwrap_or_else(|| (vec![0.0; weights], vec![0.0; biases]));
-    for (w, b) in parts {
-        dw.iter_mut().zip(&w).for_each(|(a, v)| *a += v);
-        db.iter_mut().zip(&b).for_each(|(a, v)| *a += v);
-    }
-    (dw, db)
 }

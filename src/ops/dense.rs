@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{PARALLEL_MIN_WORK, matmul, matmul_rows};
-use super::rows_per_worker;
+use super::{add_partials, rows_per_worker};
 
 const LANES: usize = 16;
 /// Narrow layers need at least this many inputs.
@@ -123,8 +123,7 @@ fn gemm_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
     } else {
         s.rows.max(1)
     };
-    sum_partials(
-        s,
+    add_partials(
         x.par_chunks(rows * s.inputs)
             .zip(g.par_chunks(rows * s.outputs))
             .map(|(x, g)| {
@@ -144,20 +143,9 @@ fn gemm_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
                 );
                 dw
             })
-            .collect(),
+            .collect::<Vec<_>>(),
+        s.inputs * s.outputs,
     )
-}
-
-/// The sum of per-block weight gradients, in block order.
-fn sum_partials(s: &DenseShape, partials: Vec<Vec<f32>>) -> Vec<f32> {
-    let mut parts = partials.into_iter();
-    let mut dw = parts
-        .next()
-        .unwrap_or_else(|| vec![0f32; s.inputs * s.outputs]);
-    for part in parts {
-        dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
-    }
-    dw
 }
 
 /// Whether the narrow kernels apply: few outputs (the linear model, output layers) from many
@@ -196,8 +184,7 @@ fn narrow_forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
 /// `dw = xᵀ · g` for narrow layers: 16 inputs at a time, all outputs in registers.
 fn narrow_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
     let rows = rows_per_worker(s.rows);
-    sum_partials(
-        s,
+    add_partials(
         x.par_chunks(rows * s.inputs)
             .zip(g.par_chunks(rows * s.outputs))
             .map(|(x, g)| {
@@ -213,7 +200,8 @@ fn narrow_weight_grad(s: &DenseShape, x: &[f32], g: &[f32]) -> Vec<f32> {
                 };
                 dw
             })
-            .collect(),
+            .collect::<Vec<_>>(),
+        s.inputs * s.outputs,
     )
 }
 

@@ -85,6 +85,17 @@ pub fn rows_per_worker(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads()).max(1)
 }
 
+/// The element-wise sum of per-task partial results of `len` values each, added in task order
+/// (so that the result does not depend on which thread finished first).
+fn add_partials(partials: impl IntoIterator<Item = Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut parts = partials.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
+    for part in parts {
+        total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
 /// Whether `device` runs on the flex CPU backend (with or without autodiff).
 pub fn is_flex(device: &Device) -> bool {
     matches!(
@@ -260,7 +271,7 @@ fn indices(t: &FlexTensor) -> Vec<usize> {
             .into_data()
             .convert::<i64>()
             .try_into_vec::<i64>()
-            .expect("converted to i64")
+            .unwrap_or_default()
             .into_iter()
             .map(|v| v as usize)
             .collect(),

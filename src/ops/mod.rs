@@ -1,6 +1,8 @@
 //! Faster CPU kernels for the `flex` backend, written as a Burn backend extension with their own
-//! backward passes: convolution (im2col + AVX-512 GEMM) and 2x2 max pooling. Other backends (CUDA,
-//! wgpu) keep Burn's own operations; [`conv2d`] and [`max_pool2x2`] pick the path by device.
+//! backward passes: convolution (im2col + AVX-512 GEMM), 2x2 max pooling, dense layers, softmax
+//! cross-entropy and batch normalisation. Other backends (CUDA, wgpu) keep Burn's own operations;
+//! [`conv2d`], [`max_pool2x2`], [`dense`], [`cross_entropy`] and [`batch_norm`] pick the path by
+//! device.
 
 pub mod conv;
 pub mod dense;
@@ -160,8 +162,8 @@ pub fn conv2d_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: us
     max_pool2x2(conv2d(x, weight, bias, padding))
 }
 
-/// Dense layer `x · weight + bias`, then ReLU when `relu`: one fused kernel (sparse-input aware)
-/// on flex, Burn's operations elsewhere.
+/// Dense layer `x · weight + bias`, then ReLU when `relu`: one fused kernel on flex, Burn's
+/// operations elsewhere.
 ///
 /// # Shapes
 ///   - x: `[batch, inputs]`, weight: `[inputs, outputs]`, bias: `[outputs]`
@@ -458,27 +460,16 @@ impl CpuKernels for Flex {
     }
 }
 
-/// Registers a convolution's weight, bias and (when tracked) input gradients.
-fn register_conv_grads(
+/// Registers `grad` (of `shape`) as the gradient of `node`, when the node is tracked and the
+/// gradient was computed.
+fn register(
     grads: &mut Gradients,
-    s: &ConvShape,
-    [node_x, node_w, node_b]: [Option<NodeId>; 3],
-    (dw, db, dx): (Vec<f32>, Vec<f32>, Option<Vec<f32>>),
+    node: Option<NodeId>,
+    grad: Option<Vec<f32>>,
+    shape: impl Into<Shape>,
 ) {
-    if let (Some(node), Some(dx)) = (node_x, dx) {
-        grads.register::<Flex>(
-            node,
-            tensor(dx, [s.batch, s.in_channels, s.height, s.width]),
-        );
-    }
-    if let Some(node) = node_w {
-        grads.register::<Flex>(
-            node,
-            tensor(dw, [s.out_channels, s.in_channels, s.kernel, s.kernel]),
-        );
-    }
-    if let Some(node) = node_b {
-        grads.register::<Flex>(node, tensor(db, [s.out_channels]));
+    if let (Some(node), Some(grad)) = (node, grad) {
+        grads.register::<Flex>(node, tensor(grad, shape));
     }
 }
 
@@ -500,8 +491,11 @@ impl Backward<Flex, 3> for ConvBackward {
             Some(arg) => conv::backward_pooled(&s, &x, &weight, &dy, arg, need_dx),
             None => conv::backward(&s, &x, &weight, &dy, need_dx),
         };
-        let ids = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
-        register_conv_grads(grads, &s, ids, (dw, db, dx));
+        let [x_id, w_id, b_id] = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
+        register(grads, x_id, dx, [s.batch, s.in_channels, s.height, s.width]);
+        let kernel = [s.out_channels, s.in_channels, s.kernel, s.kernel];
+        register(grads, w_id, Some(dw), kernel);
+        register(grads, b_id, Some(db), [s.out_channels]);
     }
 }
 
@@ -526,15 +520,10 @@ impl Backward<Flex, 3> for DenseBackward {
             fused(relu),
             node_x.is_some(),
         );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, tensor(dx, [s.rows, s.inputs]));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, tensor(dw, [s.inputs, s.outputs]));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(db, [s.outputs]));
-        }
+        let [x_id, w_id, b_id] = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
+        register(grads, x_id, dx, [s.rows, s.inputs]);
+        register(grads, w_id, Some(dw), [s.inputs, s.outputs]);
+        register(grads, b_id, Some(db), [s.outputs]);
     }
 }
 
@@ -578,15 +567,10 @@ impl Backward<Flex, 3> for NormBackward {
             epsilon,
             &values(&dy),
         );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(dx, x.shape()));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(dgamma, [s.channels]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(dbeta, [s.channels]));
-        }
+        let [x_id, g_id, b_id] = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
+        register(grads, x_id, Some(dx), x.shape());
+        register(grads, g_id, Some(dgamma), [s.channels]);
+        register(grads, b_id, Some(dbeta), [s.channels]);
     }
 }
 

@@ -79,6 +79,34 @@ const STREAM_SHUFFLE: u64 = 1;
 const STREAM_DEVICE: u64 = 2;
 const STREAM_AUGMENT: u64 = 3;
 
+/// Runs `f` on this thread while the pool's other workers poll for work instead of sleeping:
+/// a training step alternates short parallel kernels with serial work, and waking a sleeping
+/// worker for each kernel costs tens of microseconds on this machine.
+/// (W1 0.042 -> 0.030 s per epoch, W2 0.095 -> 0.084 s.) The pollers stop when `f` returns or
+/// panics.
+fn with_polling_workers<R>(f: impl FnOnce() -> R) -> R {
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    rayon::in_place_scope(|scope| {
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| {
+                while !stop.load(Ordering::Relaxed) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let _stop = StopOnDrop(&stop);
+        f()
+    })
+}
+
 /// Keras's `EarlyStopping` on the validation loss; returns true when training should stop.
 fn should_stop(config: &EarlyStopping, position: &mut Position, val_loss: f64) -> bool {
     if config.patience == 0 {
@@ -287,6 +315,17 @@ impl<'a> Trainer<'a> {
     }
 
     fn run(
+        &self,
+        model: Model,
+        optimizer: ModuleOptimizer,
+        ema: Option<Ema>,
+        position: Position,
+        reporter: &mut dyn Reporter,
+    ) -> Result<RunResult> {
+        with_polling_workers(|| self.run_epochs(model, optimizer, ema, position, reporter))
+    }
+
+    fn run_epochs(
         &self,
         mut model: Model,
         mut optimizer: ModuleOptimizer,

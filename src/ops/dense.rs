@@ -13,7 +13,7 @@ use super::{add_partials, rows_per_worker};
 
 const LANES: usize = 16;
 /// Narrow layers need at least this many inputs.
-const NARROW_MIN_INPUTS: usize = 64;
+const NARROW_MIN_INPUTS: usize = 32;
 
 /// Activation fused into the layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,7 @@ pub fn matmul(
 }
 
 /// Smallest product (`m·n·k`) worth spreading over threads.
-pub const PARALLEL_MIN_WORK: usize = 1 << 23;
+pub const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// [`matmul`] with the rows of `dst` split into one block per worker thread, each a
 /// single-threaded product: for the thin matrices of dense layers this beats the `gemm` crate's

@@ -3,8 +3,7 @@
 //! (label smoothing `a`, as Burn's and Keras's), and the gradient is `(softmax(z) - q) / rows`.
 
 /// Mean loss over the rows of `logits` (`[rows, classes]`), and the softmax probabilities the
-/// backward pass needs. One thread: for a batch of 1,024 rows waking a second one costs more than
-/// it saves.
+/// backward pass needs. On one thread: a batch's rows are too few to be worth splitting.
 pub fn forward(
     logits: &[f32],
     classes: usize,
@@ -12,18 +11,6 @@ pub fn forward(
     smoothing: f32,
 ) -> (f64, Vec<f32>) {
     let mut probs = vec![0f32; logits.len()];
-    let sum = block_forward(logits, classes, targets, smoothing, &mut probs);
-    (sum / targets.len().max(1) as f64, probs)
-}
-
-/// The summed loss of the rows, writing their softmax into `probs`.
-fn block_forward(
-    logits: &[f32],
-    classes: usize,
-    targets: &[usize],
-    smoothing: f32,
-    probs: &mut [f32],
-) -> f64 {
     let (on, off) = target_weights(classes, smoothing);
     let mut total = 0f64;
     for ((z, p), &t) in logits
@@ -51,7 +38,7 @@ fn block_forward(
             .sum();
         total += (log_sum - expected) as f64;
     }
-    total
+    (total / targets.len().max(1) as f64, probs)
 }
 
 /// `d loss / d logits` for an upstream gradient `upstream` of the mean loss.

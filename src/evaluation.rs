@@ -109,8 +109,7 @@ pub fn evaluate_with(
             loss_sum += loss.into_scalar::<f64>() * n;
             logits
         };
-        let predicted = scores.argmax(1).into_data();
-        predictions.extend(predicted.iter::<i64>().map(|p| p as u8));
+        predictions.extend(predicted_classes(scores));
         start = end;
     }
     let mut confusion = [[0usize; NUM_CLASSES]; NUM_CLASSES];

@@ -2,9 +2,9 @@
 //! shapes including odd sizes, 1x1 kernels and padding.
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{Distribution, Gradients};
 use fmnist::ops;
 
 fn assert_close(name: &str, a: Tensor<4>, b: Tensor<4>, tol: f32) {
@@ -22,8 +22,41 @@ fn assert_close(name: &str, a: Tensor<4>, b: Tensor<4>, tol: f32) {
     }
 }
 
-fn grad4(t: &Tensor<4>, grads: &burn::tensor::Gradients) -> Tensor<4> {
+fn grad4(t: &Tensor<4>, grads: &Gradients) -> Tensor<4> {
     t.grad(grads).expect("a gradient")
+}
+
+/// A `[n]` parameter's gradient, as a 4-D tensor for [`assert_close`].
+fn grad1(t: &Tensor<1>, grads: &Gradients) -> Tensor<4> {
+    let [n] = t.dims();
+    t.grad(grads).expect("a gradient").reshape([1, 1, 1, n])
+}
+
+/// A gradient to compare, read from each backward pass.
+type GradOf<'a> = (&'a str, &'a dyn Fn(&Gradients) -> Tensor<4>);
+
+/// Checks `fast` against `reference` forward (tolerance `tol.0`), then each gradient of `grads`
+/// (tolerance `tol.1`) after backward passes of `sum(output * probe)`, a random probe weighing
+/// every output differently.
+fn assert_layer_matches(
+    tag: &str,
+    fast: Tensor<4>,
+    reference: Tensor<4>,
+    tol: (f32, f32),
+    grads: &[GradOf],
+) {
+    assert_close(
+        &format!("{tag} forward"),
+        fast.clone(),
+        reference.clone(),
+        tol.0,
+    );
+    let probe = Tensor::<4>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &fast.device());
+    let g_fast = (fast * probe.clone()).sum().backward();
+    let g_ref = (reference * probe).sum().backward();
+    for (name, grad) in grads {
+        assert_close(&format!("{tag} {name}"), grad(&g_fast), grad(&g_ref), tol.1);
+    }
 }
 
 #[test]
@@ -52,34 +85,16 @@ fn convolution_matches_burn_forward_and_backward() {
             ConvOptions::new([1, 1], [p, p], [1, 1], 1),
         );
         assert_eq!(fast.dims(), reference.dims());
-        let probe = Tensor::<4>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let tag = format!("conv {n}x{c}x{h}x{w} -> {o}, k{k} p{p}");
-        assert_close(
-            &format!("{tag} forward"),
-            fast.clone(),
-            reference.clone(),
-            1e-5,
-        );
-        let g_fast = (fast * probe.clone()).sum().backward();
-        let g_ref = (reference * probe).sum().backward();
-        assert_close(
-            &format!("{tag} dx"),
-            grad4(&x, &g_fast),
-            grad4(&x, &g_ref),
-            1e-4,
-        );
-        assert_close(
-            &format!("{tag} dw"),
-            grad4(&weight, &g_fast),
-            grad4(&weight, &g_ref),
-            1e-4,
-        );
-        let (db_fast, db_ref) = (bias.grad(&g_fast).unwrap(), bias.grad(&g_ref).unwrap());
-        assert_close(
-            &format!("{tag} db"),
-            db_fast.reshape([1, 1, 1, o]),
-            db_ref.reshape([1, 1, 1, o]),
-            1e-4,
+        assert_layer_matches(
+            &format!("conv {n}x{c}x{h}x{w} -> {o}, k{k} p{p}"),
+            fast,
+            reference,
+            (1e-5, 1e-4),
+            &[
+                ("dx", &|g| grad4(&x, g)),
+                ("dw", &|g| grad4(&weight, g)),
+                ("db", &|g| grad1(&bias, g)),
+            ],
         );
     }
 }
@@ -114,21 +129,12 @@ fn max_pool_matches_burn_forward_and_backward() {
         let fast = ops::max_pool2x2(x.clone());
         let reference = max_pool2d(x.clone(), MaxPoolOptions::new([2, 2]));
         assert_eq!(fast.dims(), [n, c, h / 2, w / 2]);
-        let tag = format!("pool {n}x{c}x{h}x{w}");
-        assert_close(
-            &format!("{tag} forward"),
-            fast.clone(),
-            reference.clone(),
-            0.0,
-        );
-        let probe = Tensor::<4>::random(fast.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let g_fast = (fast * probe.clone()).sum().backward();
-        let g_ref = (reference * probe).sum().backward();
-        assert_close(
-            &format!("{tag} dx"),
-            grad4(&x, &g_fast),
-            grad4(&x, &g_ref),
-            0.0,
+        assert_layer_matches(
+            &format!("pool {n}x{c}x{h}x{w}"),
+            fast,
+            reference,
+            (0.0, 0.0),
+            &[("dx", &|g| grad4(&x, g))],
         );
     }
 }
@@ -179,34 +185,16 @@ fn fused_convolution_and_pooling_matches_burn() {
             ),
             MaxPoolOptions::new([2, 2]),
         );
-        let tag = format!("conv+pool {n}x{c}x{h}x{w} -> {o}, p{p}");
-        assert_close(
-            &format!("{tag} forward"),
-            fused.clone(),
-            reference.clone(),
-            1e-5,
-        );
-        let probe = Tensor::<4>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let g_fused = (fused * probe.clone()).sum().backward();
-        let g_ref = (reference * probe).sum().backward();
-        assert_close(
-            &format!("{tag} dx"),
-            grad4(&x, &g_fused),
-            grad4(&x, &g_ref),
-            1e-4,
-        );
-        assert_close(
-            &format!("{tag} dw"),
-            grad4(&weight, &g_fused),
-            grad4(&weight, &g_ref),
-            1e-4,
-        );
-        let (a, b) = (bias.grad(&g_fused).unwrap(), bias.grad(&g_ref).unwrap());
-        assert_close(
-            &format!("{tag} db"),
-            a.reshape([1, 1, 1, o]),
-            b.reshape([1, 1, 1, o]),
-            1e-4,
+        assert_layer_matches(
+            &format!("conv+pool {n}x{c}x{h}x{w} -> {o}, p{p}"),
+            fused,
+            reference,
+            (1e-5, 1e-4),
+            &[
+                ("dx", &|g| grad4(&x, g)),
+                ("dw", &|g| grad4(&weight, g)),
+                ("db", &|g| grad1(&bias, g)),
+            ],
         );
     }
 }
@@ -246,30 +234,16 @@ fn dense_layer_matches_burn_forward_and_backward() {
             } else {
                 linear
             };
-            let tag = format!("dense {rows}x{inputs} -> {outputs}, relu {relu}");
-            assert_close(
-                &format!("{tag} forward"),
-                as4(fast.clone()),
-                as4(reference.clone()),
-                1e-5,
-            );
-            let probe =
-                Tensor::<2>::random([rows, outputs], Distribution::Normal(0.0, 1.0), &device);
-            let g_fast = (fast * probe.clone()).sum().backward();
-            let g_ref = (reference * probe).sum().backward();
-            for (name, t) in [("dx", &x), ("dw", &weight)] {
-                assert_close(
-                    &format!("{tag} {name}"),
-                    as4(t.grad(&g_fast).unwrap()),
-                    as4(t.grad(&g_ref).unwrap()),
-                    1e-4,
-                );
-            }
-            assert_close(
-                &format!("{tag} db"),
-                bias.grad(&g_fast).unwrap().reshape([1, 1, 1, outputs]),
-                bias.grad(&g_ref).unwrap().reshape([1, 1, 1, outputs]),
-                1e-4,
+            assert_layer_matches(
+                &format!("dense {rows}x{inputs} -> {outputs}, relu {relu}"),
+                as4(fast),
+                as4(reference),
+                (1e-5, 1e-4),
+                &[
+                    ("dx", &|g| as4(x.grad(g).expect("a gradient"))),
+                    ("dw", &|g| as4(weight.grad(g).expect("a gradient"))),
+                    ("db", &|g| grad1(&bias, g)),
+                ],
             );
         }
     }
@@ -330,12 +304,11 @@ fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
     let device = Device::flex().autodiff();
     device.seed(29);
     for (n, c, h, w) in [(8, 3, 5, 7), (16, 32, 13, 13), (2, 1, 28, 28)] {
-        let fast_layer = burn::nn::BatchNormConfig::new(c).init(&device);
+        let mut fast_layer = burn::nn::BatchNormConfig::new(c).init(&device);
         let mut reference_layer = fast_layer.clone();
         // Distinct gamma and beta, so that their gradients are tested for real.
         let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.3), &device);
         let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.3), &device);
-        let mut fast_layer = fast_layer;
         for layer in [&mut fast_layer, &mut reference_layer] {
             layer.gamma = burn::module::Param::from_tensor(gamma.clone());
             layer.beta = burn::module::Param::from_tensor(beta.clone());
@@ -345,32 +318,18 @@ fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
         let fast = ops::batch_norm(&fast_layer, x.clone());
         let reference = reference_layer.forward(x.clone());
         let tag = format!("batch norm {n}x{c}x{h}x{w}");
-        assert_close(
-            &format!("{tag} forward"),
-            fast.clone(),
-            reference.clone(),
-            1e-5,
+        assert_layer_matches(
+            &tag,
+            fast,
+            reference,
+            (1e-5, 1e-4),
+            &[
+                ("dx", &|g| grad4(&x, g)),
+                // Both layers hold the same gamma and beta tensors, so one read serves both.
+                ("dgamma", &|g| grad1(&fast_layer.gamma.val(), g)),
+                ("dbeta", &|g| grad1(&fast_layer.beta.val(), g)),
+            ],
         );
-        let probe = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let g_fast = (fast * probe.clone()).sum().backward();
-        let g_ref = (reference * probe).sum().backward();
-        assert_close(
-            &format!("{tag} dx"),
-            grad4(&x, &g_fast),
-            grad4(&x, &g_ref),
-            1e-4,
-        );
-        for (name, fast_param, ref_param) in [
-            ("dgamma", &fast_layer.gamma, &reference_layer.gamma),
-            ("dbeta", &fast_layer.beta, &reference_layer.beta),
-        ] {
-            assert_close(
-                &format!("{tag} {name}"),
-                fast_param.grad(&g_fast).unwrap().reshape([1, 1, 1, c]),
-                ref_param.grad(&g_ref).unwrap().reshape([1, 1, 1, c]),
-                1e-4,
-            );
-        }
         for (name, fast_state, ref_state) in [
             (
                 "running mean",

@@ -30,8 +30,6 @@ pub struct DenseShape {
     pub outputs: usize,
 }
 
-impl DenseShape {}
-
 /// Forward: `y = act(x · w + b)`, `[rows, outputs]`.
 pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], act: Fused) -> Vec<f32> {
     let mut y = vec![0f32; s.rows * s.outputs];

@@ -25,7 +25,7 @@ const PREFETCH_ROWS: usize = 6;
 
 /// Hints the CPU to start loading `bytes` into cache.
 #[inline]
-fn prefetch(bytes: &[u8]) {
+pub(super) fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in bytes.chunks(64) {
         // SAFETY: prefetching is a hint; the pointer comes from a live slice.
@@ -76,7 +76,7 @@ fn erase(row: &mut [u8; PIXELS], rng: &mut impl Rng) {
 }
 
 /// The class indices of `split` at `indices`.
-fn targets(
+pub(super) fn targets(
     split: &Split,
     indices: impl ExactSizeIterator<Item = usize>,
     device: &Device,
@@ -118,7 +118,7 @@ impl Batcher {
     }
 
     /// Writes the scaled pixels of `bytes` into `out` (a plain loop the compiler vectorises).
-    fn scale_into(&self, bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
+    pub(super) fn scale_into(&self, bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
         let (mean, std) = (self.mean, self.std);
         if mean == 0.0 && std == 1.0 {
             for (o, &p) in out.iter_mut().zip(bytes) {

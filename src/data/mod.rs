@@ -1,10 +1,11 @@
 //! The Fashion-MNIST dataset: finding it ([`files`]), reading IDX files ([`idx`]), fetching it
-//! ([`download`]) and turning examples into tensors ([`batcher`]).
+//! ([`download`]) and turning examples into tensors ([`batcher`], [`prefetch`]).
 
 pub mod batcher;
 pub mod download;
 pub mod files;
 pub mod idx;
+pub mod prefetch;
 
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,7 @@ pub mod optimizer;
 pub mod progress;
 pub mod run_dir;
 pub mod schedule;
+pub mod sgd;
 pub mod trainer;
 
 pub use config::TrainConfig;

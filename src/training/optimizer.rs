@@ -2,10 +2,10 @@
 //! dampening, Adam epsilon 1e-7, RMSprop without momentum).
 
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig, SgdConfig};
+use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig};
 use serde::{Deserialize, Serialize};
 
+use super::sgd::Sgd;
 use crate::error::{Error, Result};
 
 /// Which update rule to use.
@@ -106,21 +106,17 @@ impl OptimizerConfig {
         )
     }
 
-    /// Builds Burn's optimiser.
+    /// Builds the optimiser: fmnist's one-pass [`Sgd`] (Burn's arithmetic), Burn's for the others.
     pub fn init(&self) -> ModuleOptimizer {
         let decay =
             (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
-        let momentum = (self.momentum > 0.0).then(|| {
-            MomentumConfig::new()
-                .with_momentum(self.momentum)
-                .with_dampening(0.0)
-                .with_nesterov(self.nesterov)
-        });
         match self.name {
-            OptimizerKind::Sgd => SgdConfig::new()
-                .with_momentum(momentum)
-                .with_weight_decay(decay)
-                .init(),
+            OptimizerKind::Sgd => ModuleOptimizer::from(Sgd {
+                momentum: self.momentum,
+                dampening: 0.0,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay as f32,
+            }),
             OptimizerKind::Adam => AdamConfig::new()
                 .with_beta_1(self.beta1 as f32)
                 .with_beta_2(self.beta2 as f32)

@@ -5,7 +5,7 @@
 //! to scale at a time, and [`Prefetcher::take`] finishes whatever is left when the loop needs
 //! the batch. The batch is the same whoever fills which row.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use burn::prelude::*;
@@ -24,6 +24,8 @@ pub struct Prefetcher<'a> {
     batcher: &'a Batcher,
     split: &'a Split,
     queued: Mutex<Option<Arc<Job>>>,
+    /// Whether a job is queued: lets idle workers skip the lock when none is.
+    pending: AtomicBool,
 }
 
 /// One batch being filled: rows are claimed [`CHUNK_ROWS`] at a time.
@@ -93,6 +95,7 @@ impl<'a> Prefetcher<'a> {
             batcher,
             split,
             queued: Mutex::new(None),
+            pending: AtomicBool::new(false),
         }
     }
 
@@ -103,11 +106,15 @@ impl<'a> Prefetcher<'a> {
     /// Queues the batch of `indices` (replacing any other) for idle workers to fill.
     pub fn queue(&self, indices: &[usize]) {
         *self.queued() = Some(Arc::new(Job::new(indices)));
+        self.pending.store(true, Ordering::Release);
     }
 
     /// For an idle worker: fills a few rows of the queued batch. False when there is nothing to
     /// do, or the queue is busy (a worker never waits here).
     pub fn help(&self) -> bool {
+        if !self.pending.load(Ordering::Acquire) {
+            return false;
+        }
         let job = match self.queued.try_lock() {
             Ok(queued) => queued.clone(),
             Err(_) => return false,
@@ -125,6 +132,7 @@ impl<'a> Prefetcher<'a> {
                 _ => {
                     let job = Arc::new(Job::new(indices));
                     *queued = Some(job.clone());
+                    self.pending.store(true, Ordering::Release);
                     job
                 }
             }
@@ -134,6 +142,7 @@ impl<'a> Prefetcher<'a> {
             std::hint::spin_loop();
         }
         *self.queued() = None;
+        self.pending.store(false, Ordering::Release);
         // A worker that cloned the job before it left the queue drops its handle as soon as it
         // finds no row left to claim.
         let mut job = loop {
@@ -160,8 +169,6 @@ impl<'a> Prefetcher<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
     use super::*;
 
     fn split(len: usize) -> Split {

@@ -356,7 +356,8 @@ impl<'a> Trainer<'a> {
                 .schedule
                 .lr_at(config.optimizer.lr, epoch, config.epochs);
             reporter.epoch_start(epoch + 1, config.epochs, lr);
-            order.sort_unstable();
+            // Each epoch shuffles 0..n afresh, so that its order depends on the seed alone.
+            order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
             order.shuffle(&mut StdRng::seed_from_u64(derive_seed(
                 config.seed,
                 epoch,

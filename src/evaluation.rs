@@ -32,14 +32,91 @@ pub struct ClassScore {
     pub accuracy: f64,
 }
 
-/// Class probabilities for a batch of images, `[batch, 10]`; with `tta_flip`, the mean of the
-/// probabilities for the images and their mirror images.
-pub fn probabilities(model: &Model, images: Tensor<4>, tta_flip: bool) -> Tensor<2> {
-    let probs = softmax(model.forward(images.clone()), 1);
-    if !tta_flip {
-        return probs;
+/// Test-time augmentation: the views of each image whose predicted probabilities are averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tta {
+    /// Each view also mirrored left-right.
+    pub flip: bool,
+    /// The image also shifted by this many pixels up, down, left and right (0 for none),
+    /// filled with background.
+    pub shift: usize,
+}
+
+impl Tta {
+    /// Plain predictions, one view per image.
+    pub const NONE: Tta = Tta {
+        flip: false,
+        shift: 0,
+    };
+
+    /// `(rows down, columns right, mirrored)` of each view, the image itself first.
+    fn views(&self) -> Vec<(i64, i64, bool)> {
+        let s = self.shift as i64;
+        let mut shifts = vec![(0, 0)];
+        if s > 0 {
+            shifts.extend([(0, s), (0, -s), (s, 0), (-s, 0)]);
+        }
+        let mirrors: &[bool] = if self.flip { &[false, true] } else { &[false] };
+        shifts
+            .into_iter()
+            .flat_map(|(dy, dx)| mirrors.iter().map(move |&m| (dy, dx, m)))
+            .collect()
     }
-    (probs + softmax(model.forward(images.flip([3])), 1)) / 2.0
+}
+
+/// `images` `[batch, channels, h, w]` moved `dy` rows down and `dx` columns right, the uncovered
+/// border set to 0 (background).
+pub fn shifted(images: Tensor<4>, dy: i64, dx: i64) -> Tensor<4> {
+    let [n, c, h, w] = images.dims();
+    let (dy, dx) = (
+        dy.clamp(-(h as i64), h as i64),
+        dx.clamp(-(w as i64), w as i64),
+    );
+    let device = images.device();
+    let mut x = images;
+    if dx != 0 {
+        let k = dx.unsigned_abs() as usize;
+        let zeros = Tensor::<4>::zeros([n, c, h, k], &device);
+        x = if dx > 0 {
+            Tensor::cat(vec![zeros, x.slice([0..n, 0..c, 0..h, 0..w - k])], 3)
+        } else {
+            Tensor::cat(vec![x.slice([0..n, 0..c, 0..h, k..w]), zeros], 3)
+        };
+    }
+    if dy != 0 {
+        let k = dy.unsigned_abs() as usize;
+        let zeros = Tensor::<4>::zeros([n, c, k, w], &device);
+        x = if dy > 0 {
+            Tensor::cat(vec![zeros, x.slice([0..n, 0..c, 0..h - k, 0..w])], 2)
+        } else {
+            Tensor::cat(vec![x.slice([0..n, 0..c, k..h, 0..w]), zeros], 2)
+        };
+    }
+    x
+}
+
+/// Class probabilities for a batch of images, `[batch, 10]`: the mean over the views of `tta`.
+pub fn probabilities(model: &Model, images: Tensor<4>, tta: Tta) -> Tensor<2> {
+    let views = tta.views();
+    let count = views.len();
+    let mut sum: Option<Tensor<2>> = None;
+    for (dy, dx, mirrored) in views {
+        let view = if mirrored {
+            images.clone().flip([3])
+        } else {
+            images.clone()
+        };
+        let probs = softmax(model.forward(shifted(view, dy, dx)), 1);
+        sum = Some(match sum {
+            Some(sum) => sum + probs,
+            None => probs,
+        });
+    }
+    match sum {
+        Some(sum) if count > 1 => sum / count as f64,
+        Some(sum) => sum,
+        None => unreachable!("a test-time augmentation has at least the image itself"),
+    }
 }
 
 /// Runs `model` (without autodiff) over `split` in batches of `batch_size`.
@@ -50,7 +127,7 @@ pub fn evaluate(
     device: &Device,
     batch_size: usize,
 ) -> Evaluation {
-    evaluate_with(model, split, batcher, device, batch_size, false)
+    evaluate_with(model, split, batcher, device, batch_size, Tta::NONE)
 }
 
 /// The class with the highest score in each row of `scores` (`[rows, classes]`), the first on
@@ -76,14 +153,14 @@ pub fn predicted_classes(scores: Tensor<2>) -> Vec<u8> {
         .collect()
 }
 
-/// [`evaluate`], optionally with flip test-time augmentation.
+/// [`evaluate`] with test-time augmentation `tta`.
 pub fn evaluate_with(
     model: &Model,
     split: &Split,
     batcher: &Batcher,
     device: &Device,
     batch_size: usize,
-    tta_flip: bool,
+    tta: Tta,
 ) -> Evaluation {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut loss_sum = 0.0f64;
@@ -93,8 +170,8 @@ pub fn evaluate_with(
         let end = (start + batch_size).min(split.len());
         let batch = batcher.range(split, start, end, device);
         let n = (end - start) as f64;
-        let scores = if tta_flip {
-            let probs = probabilities(model, batch.images, true);
+        let scores = if tta != Tta::NONE {
+            let probs = probabilities(model, batch.images, tta);
             // Cross-entropy of the averaged probabilities.
             let picked = probs
                 .clone()
@@ -203,4 +280,56 @@ pub fn write_pictures(
         &misclassified,
     )?;
     Ok(vec![confusion, misclassified])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(values: Vec<f32>, h: usize, w: usize) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(values, [1, 1, h, w]), &Device::default())
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    #[test]
+    fn shifts_move_pixels_and_fill_with_background() {
+        let x = || image((1..=6).map(|v| v as f32).collect(), 2, 3);
+        assert_eq!(values(shifted(x(), 0, 0)), vec![1., 2., 3., 4., 5., 6.]);
+        assert_eq!(values(shifted(x(), 0, 1)), vec![0., 1., 2., 0., 4., 5.]);
+        assert_eq!(values(shifted(x(), 0, -1)), vec![2., 3., 0., 5., 6., 0.]);
+        assert_eq!(values(shifted(x(), 1, 0)), vec![0., 0., 0., 1., 2., 3.]);
+        assert_eq!(values(shifted(x(), -1, -2)), vec![6., 0., 0., 0., 0., 0.]);
+        assert_eq!(values(shifted(x(), 5, 0)), vec![0.; 6]);
+    }
+
+    #[test]
+    fn views_cover_the_image_its_shifts_and_their_mirrors() {
+        assert_eq!(Tta::NONE.views(), vec![(0, 0, false)]);
+        let flip = Tta {
+            flip: true,
+            shift: 0,
+        };
+        assert_eq!(flip.views(), vec![(0, 0, false), (0, 0, true)]);
+        let all = Tta {
+            flip: true,
+            shift: 2,
+        }
+        .views();
+        assert_eq!(all.len(), 10);
+        for (dy, dx) in [(0, 0), (0, 2), (0, -2), (2, 0), (-2, 0)] {
+            assert!(all.contains(&(dy, dx, false)) && all.contains(&(dy, dx, true)));
+        }
+        assert_eq!(
+            Tta {
+                flip: false,
+                shift: 1
+            }
+            .views()
+            .len(),
+            5
+        );
+    }
 }

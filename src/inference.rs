@@ -80,14 +80,14 @@ impl Predictor {
             &self.batcher,
             &self.device,
             self.config.eval_batch_size,
-            self.config.data.tta_flip,
+            self.config.data.tta(),
         )
     }
 
     /// The `top` most likely classes for each 28x28 image (`n * 784` pixel bytes).
     pub fn predict(&self, pixels: &[u8], top: usize) -> Vec<Vec<Guess>> {
         let images = self.batcher.images(pixels, &self.device);
-        let probs = probabilities(&self.model, images, self.config.data.tta_flip);
+        let probs = probabilities(&self.model, images, self.config.data.tta());
         let values = probs.into_data().iter::<f32>().collect::<Vec<f32>>();
         values
             .chunks(CLASS_NAMES.len())

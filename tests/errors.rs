@@ -180,6 +180,7 @@ fn bad_configuration_files_and_values() {
         ),
         ("epochs.toml", "epochs = 0\n", "epochs = 0"),
         ("act.toml", "[model]\nactivation = \"swish\"\n", "swish"),
+        ("tta.toml", "[data]\ntta_shift = 9\n", "data.tta_shift = 9"),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join(name);

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use fmnist::data::batcher::Batcher;
 use fmnist::data::files::{Location, Origin};
 use fmnist::data::{self, FashionMnist};
-use fmnist::evaluation::evaluate;
+use fmnist::evaluation::{evaluate, evaluate_with};
 use fmnist::model::ModelConfig;
 use fmnist::training::trainer::Silent;
 use fmnist::training::{self, History, RunDir, TrainConfig, Weights};
@@ -171,4 +171,25 @@ fn convolutional_models_have_keras_parameter_counts_and_shapes() {
         let out = model.forward(Tensor::zeros([3, 1, 28, 28], &device));
         assert_eq!(out.dims(), [3, 10], "{arch:?}");
     }
+}
+
+#[test]
+fn final_score_uses_every_test_time_view_and_epochs_the_mirrors_alone() {
+    let mut config = TrainConfig::preset("seed-linear").unwrap();
+    config.epochs = 2;
+    config.data.tta_flip = true;
+    config.data.tta_shift = 1;
+    let (result, history, root) = run(&config, "tta");
+    let dir = RunDir::open(&root.path().join("run")).unwrap();
+    let device = Device::default();
+    let model = dir
+        .load_weights(config.model.init(&device), Weights::Last)
+        .unwrap();
+    let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
+    let score = |tta| evaluate_with(&model, &dataset().test, &batcher, &device, 1000, tta);
+    let (all_views, mirrors) = (score(config.data.tta()), score(config.data.epoch_tta()));
+    let last = history.last().unwrap();
+    assert_eq!(mirrors.accuracy, last.val_acc);
+    assert_eq!(all_views.accuracy, result.test_acc);
+    assert_ne!(all_views.predictions, mirrors.predictions);
 }

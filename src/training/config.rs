@@ -9,6 +9,7 @@ use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
 use crate::data::batcher::{Augmentation, Normalization};
 use crate::error::{Error, Result};
+use crate::evaluation::Tta;
 use crate::model::ModelConfig;
 
 /// Presets shipped with fmnist, by name.
@@ -42,6 +43,11 @@ pub struct DataConfig {
     pub erase: f64,
     /// Test-time augmentation at evaluation: average the predictions for the image and its mirror.
     pub tta_flip: bool,
+    /// Test-time augmentation: also average the predictions for the image shifted by this many
+    /// pixels up, down, left and right (each mirrored too with `tta_flip`). Applied to the final
+    /// evaluation, `fmnist eval` and `fmnist predict`; the per-epoch validation uses `tta_flip`
+    /// alone, so that epochs stay fast. 0 for none.
+    pub tta_shift: usize,
 }
 
 impl Default for DataConfig {
@@ -53,11 +59,28 @@ impl Default for DataConfig {
             translate: 0,
             erase: 0.0,
             tta_flip: false,
+            tta_shift: 0,
         }
     }
 }
 
 impl DataConfig {
+    /// The test-time augmentation of final evaluations and predictions.
+    pub fn tta(&self) -> Tta {
+        Tta {
+            flip: self.tta_flip,
+            shift: self.tta_shift,
+        }
+    }
+
+    /// The test-time augmentation of the per-epoch validation: flips only.
+    pub fn epoch_tta(&self) -> Tta {
+        Tta {
+            shift: 0,
+            ..self.tta()
+        }
+    }
+
     /// The augmentation these settings ask for.
     pub fn augmentation(&self) -> Augmentation {
         Augmentation {
@@ -212,6 +235,12 @@ impl TrainConfig {
                 self.data.erase
             )));
         }
+        if self.data.tta_shift > 4 {
+            return Err(Error::Config(format!(
+                "data.tta_shift = {}: test-time shifts are 1 to 4 pixels (0 for none)",
+                self.data.tta_shift
+            )));
+        }
         if self.data.translate > 8 {
             return Err(Error::Config(format!(
                 "data.translate = {}: shifts above 8 pixels leave little of a 28x28 image",
@@ -277,6 +306,21 @@ mod tests {
         assert_eq!(linear.optimizer.lr, 0.05);
         assert_eq!(linear.optimizer.momentum, 0.95);
         assert_eq!(linear.batch_size, 1024);
+        let speedrun = TrainConfig::preset("speedrun")?;
+        assert_eq!(
+            speedrun.data.tta(),
+            Tta {
+                flip: true,
+                shift: 1
+            }
+        );
+        assert_eq!(
+            speedrun.data.epoch_tta(),
+            Tta {
+                flip: true,
+                shift: 0
+            }
+        );
         Ok(())
     }
 
@@ -298,6 +342,8 @@ mod tests {
         let err =
             TrainConfig::from_toml("[model]\nactivation = \"swish\"\n", "z.toml").unwrap_err();
         assert!(err.to_string().contains("swish"), "{err}");
+        let err = TrainConfig::from_toml("[data]\ntta_shift = 9\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("data.tta_shift = 9"), "{err}");
         Ok(())
     }
 

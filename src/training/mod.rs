@@ -1,7 +1,9 @@
-//! Training: configuration ([`config`]), optimisers ([`optimizer`]), learning-rate schedules
+//! Training: configuration ([`config`]), optimisers ([`optimizer`]; one-pass SGD and Adam in
+//! [`sgd`] and [`adam`]), learning-rate schedules
 //! ([`schedule`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
 //! history ([`history`]) and run directories ([`run_dir`]).
 
+pub mod adam;
 pub mod checkpoint;
 pub mod config;
 pub mod ema;

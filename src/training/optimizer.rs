@@ -2,9 +2,10 @@
 //! dampening, Adam epsilon 1e-7, RMSprop without momentum).
 
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig};
+use burn::optim::{AdamWConfig, ModuleOptimizer, RmsPropConfig};
 use serde::{Deserialize, Serialize};
 
+use super::adam::Adam;
 use super::sgd::Sgd;
 use crate::error::{Error, Result};
 
@@ -106,7 +107,8 @@ impl OptimizerConfig {
         )
     }
 
-    /// Builds the optimiser: fmnist's one-pass [`Sgd`] (Burn's arithmetic), Burn's for the others.
+    /// Builds the optimiser: fmnist's one-pass [`Sgd`] and [`Adam`] (Burn's arithmetic), Burn's
+    /// for the others.
     pub fn init(&self) -> ModuleOptimizer {
         let decay =
             (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
@@ -117,12 +119,12 @@ impl OptimizerConfig {
                 nesterov: self.nesterov,
                 weight_decay: self.weight_decay as f32,
             }),
-            OptimizerKind::Adam => AdamConfig::new()
-                .with_beta_1(self.beta1 as f32)
-                .with_beta_2(self.beta2 as f32)
-                .with_epsilon(self.epsilon as f32)
-                .with_weight_decay(decay)
-                .init(),
+            OptimizerKind::Adam => ModuleOptimizer::from(Adam::new(
+                self.beta1 as f32,
+                self.beta2 as f32,
+                self.epsilon as f32,
+                self.weight_decay as f32,
+            )),
             OptimizerKind::Adamw => AdamWConfig::new()
                 .with_beta_1(self.beta1 as f32)
                 .with_beta_2(self.beta2 as f32)

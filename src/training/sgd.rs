@@ -149,7 +149,7 @@ impl Sgd {
 }
 
 /// The values of an `f32` tensor, without a copy when nothing else holds its buffer.
-fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+pub(super) fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     let data = tensor.into_data();
     match data.try_into_vec::<f32>() {
         Ok(values) => values,
@@ -158,25 +158,44 @@ fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use burn::module::Param;
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::decay::WeightDecayConfig;
     use burn::optim::momentum::MomentumConfig;
     use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
-    use burn::tensor::Distribution;
 
     use super::*;
 
-    /// Three steps of both optimisers on the same layer and inputs; the weights after each step.
-    fn weights_after_steps(mut optimizer: ModuleOptimizer) -> Vec<Vec<f32>> {
+    /// Deterministic values in [-1, 1) (tests run in parallel, so Burn's global seed is not used).
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 2001) as f32 / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// Three steps of an optimiser on the same layer and inputs; the weights after each step.
+    pub(in crate::training) fn weights_after_steps(
+        mut optimizer: ModuleOptimizer,
+    ) -> Vec<Vec<f32>> {
         let device = Device::default().autodiff();
-        device.seed(7);
         let mut layer: Linear = LinearConfig::new(37, 5).init(&device);
+        layer.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(values(37 * 5, 1), [37, 5]),
+            &device,
+        ));
+        let bias = Tensor::from_data(TensorData::new(values(5, 2), [5]), &device);
+        layer.bias = Some(Param::from_tensor(bias));
         let mut weights = Vec::new();
         for step in 0..3 {
-            device.seed(100 + step);
-            let x = Tensor::<2>::random([8, 37], Distribution::Normal(0.0, 1.0), &device);
-            let loss = layer.forward(x).powi_scalar(2).mean();
+            let x = TensorData::new(values(8 * 37, 10 + step), [8, 37]);
+            let loss = layer
+                .forward(Tensor::<2>::from_data(x, &device))
+                .powi_scalar(2)
+                .mean();
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
             layer = optimizer.step(0.05, layer, grads);
             let values = layer.weight.val().into_data().try_to_vec::<f32>();

@@ -454,7 +454,7 @@ impl<'a> Trainer<'a> {
                 &self.batcher,
                 self.device,
                 config.eval_batch_size,
-                config.data.tta_flip,
+                config.data.epoch_tta(),
             );
             let seen = position.seen.max(1) as f64;
             let record = EpochRecord {
@@ -516,14 +516,16 @@ impl<'a> Trainer<'a> {
         } else {
             model
         };
-        let (test_loss, test_acc) = if config.data.val_split > 0.0 {
+        // The per-epoch scores are the test scores unless the run holds out a validation split,
+        // or its final evaluation adds test-time shifts.
+        let (test_loss, test_acc) = if config.data.val_split > 0.0 || config.data.tta_shift > 0 {
             let scores = evaluate_with(
                 &final_model,
                 &self.data.test,
                 &self.batcher,
                 self.device,
                 config.eval_batch_size,
-                config.data.tta_flip,
+                config.data.tta(),
             );
             (scores.loss, scores.accuracy)
         } else if restore {

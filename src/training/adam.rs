@@ -1,0 +1,142 @@
+//! Adam as one pass over each parameter on the CPU.
+//!
+//! Burn's `Adam` spends about a dozen tensor operations (each a pass over memory and an
+//! allocation) per parameter and step. This optimiser computes the same values, in the same order
+//! and precision, in one loop on the flex backend (bit-identical to Burn's, checked in the tests),
+//! and hands every other case (other backends, AMSGrad) to Burn's. It keeps Burn's state type, so
+//! checkpoints stay interchangeable.
+
+use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use super::sgd::floats;
+use crate::ops::is_flex;
+
+/// `m = β1 m + (1 - β1) g`, `v = β2 v + (1 - β2) g²` (the first step starts from zero), then
+/// `p -= lr · m · c / (√v + ε √(1 - β2ᵗ))` with `c = √(1 - β2ᵗ) / (1 - β1ᵗ)`, as Burn writes it.
+#[derive(Clone)]
+pub struct Adam {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    /// L2 penalty added to the gradient (0 for none).
+    weight_decay: f32,
+    /// Burn's optimiser with the same settings, for the cases not fused here.
+    burn: burn::optim::Adam,
+}
+
+impl Adam {
+    pub fn new(beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32) -> Self {
+        let decay =
+            (weight_decay > 0.0).then(|| burn::optim::decay::WeightDecayConfig::new(weight_decay));
+        let burn = AdamConfig::new()
+            .with_beta_1(beta_1)
+            .with_beta_2(beta_2)
+            .with_epsilon(epsilon)
+            .with_weight_decay(decay)
+            .build();
+        Adam {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            burn,
+        }
+    }
+}
+
+impl Optimizer for Adam {
+    type State<const D: usize> = AdamState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let fused = is_flex(&tensor.device())
+            && [&tensor, &grad].iter().all(|t| t.dtype() == DType::F32)
+            && state.as_ref().is_none_or(|s| {
+                s.momentum.max_moment_2.is_none()
+                    && [&s.momentum.moment_1, &s.momentum.moment_2]
+                        .iter()
+                        .all(|t| t.dtype() == DType::F32)
+            });
+        if !fused {
+            return self.burn.step(lr, tensor, grad, state);
+        }
+        let (device, shape) = (tensor.device(), tensor.shape());
+        let mut params = floats(tensor);
+        let grads = floats(grad);
+        let (time, mut m, mut v) = match state {
+            Some(state) => (
+                state.momentum.time + 1,
+                floats(state.momentum.moment_1),
+                floats(state.momentum.moment_2),
+            ),
+            None => (1, vec![0.0; params.len()], vec![0.0; params.len()]),
+        };
+        let (b1, b2, decay) = (self.beta_1, self.beta_2, self.weight_decay);
+        let (keep_1, keep_2) = (1.0 - b1, 1.0 - b2);
+        let t = time as i32;
+        let correction_2 = (1.0 - b2.powi(t)).sqrt();
+        let factor = correction_2 / (1.0 - b1.powi(t));
+        let epsilon = self.epsilon * correction_2;
+        let lr = lr as f32;
+        for (((p, m), v), &g) in params.iter_mut().zip(&mut m).zip(&mut v).zip(&grads) {
+            let g = if decay > 0.0 { *p * decay + g } else { g };
+            if time == 1 {
+                *m = g * keep_1;
+                *v = (g * g) * keep_2;
+            } else {
+                *m = *m * b1 + g * keep_1;
+                *v = *v * b2 + (g * g) * keep_2;
+            }
+            let step = (*m * factor) / (v.sqrt() + epsilon);
+            *p -= step * lr;
+        }
+        let tensor =
+            |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);
+        let momentum = AdaptiveMomentumState {
+            time,
+            moment_1: tensor(m),
+            moment_2: tensor(v),
+            max_moment_2: None,
+        };
+        (tensor(params), Some(AdamState { momentum }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        burn::optim::Adam::to_device(state, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::optim::ModuleOptimizer;
+    use burn::optim::decay::WeightDecayConfig;
+
+    use super::*;
+    use crate::training::sgd::tests::weights_after_steps;
+
+    #[test]
+    fn one_pass_update_is_bit_identical_to_burns_adam() {
+        for (beta_1, beta_2, epsilon, decay) in [(0.9, 0.999, 1e-7, 0.0), (0.8, 0.99, 1e-5, 1e-3)] {
+            let ours = ModuleOptimizer::from(Adam::new(beta_1, beta_2, epsilon, decay));
+            let burns = AdamConfig::new()
+                .with_beta_1(beta_1)
+                .with_beta_2(beta_2)
+                .with_epsilon(epsilon)
+                .with_weight_decay((decay > 0.0).then(|| WeightDecayConfig::new(decay)))
+                .init();
+            let (ours, burns) = (weights_after_steps(ours), weights_after_steps(burns));
+            assert!(!ours[2].is_empty());
+            assert_eq!(
+                ours, burns,
+                "betas {beta_1} {beta_2}, epsilon {epsilon}, decay {decay}"
+            );
+        }
+    }
+}

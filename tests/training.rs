@@ -9,7 +9,7 @@ use burn::prelude::*;
 use fmnist::data::batcher::Batcher;
 use fmnist::data::files::{Location, Origin};
 use fmnist::data::{self, FashionMnist};
-use fmnist::evaluation::{evaluate, evaluate_with};
+use fmnist::evaluation::{Tta, evaluate, evaluate_with};
 use fmnist::model::ModelConfig;
 use fmnist::training::trainer::Silent;
 use fmnist::training::{self, History, RunDir, TrainConfig, Weights};
@@ -174,7 +174,7 @@ fn convolutional_models_have_keras_parameter_counts_and_shapes() {
 }
 
 #[test]
-fn final_score_uses_every_test_time_view_and_epochs_the_mirrors_alone() {
+fn final_score_uses_every_test_time_view_and_epochs_single_views() {
     let mut config = TrainConfig::preset("seed-linear").unwrap();
     config.epochs = 2;
     config.data.tta_flip = true;
@@ -187,9 +187,9 @@ fn final_score_uses_every_test_time_view_and_epochs_the_mirrors_alone() {
         .unwrap();
     let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
     let score = |tta| evaluate_with(&model, &dataset().test, &batcher, &device, 1000, tta);
-    let (all_views, mirrors) = (score(config.data.tta()), score(config.data.epoch_tta()));
+    let (all_views, single) = (score(config.data.tta()), score(Tta::NONE));
     let last = history.last().unwrap();
-    assert_eq!(mirrors.accuracy, last.val_acc);
+    assert_eq!(single.accuracy, last.val_acc);
     assert_eq!(all_views.accuracy, result.test_acc);
-    assert_ne!(all_views.predictions, mirrors.predictions);
+    assert_ne!(all_views.predictions, single.predictions);
 }

@@ -9,9 +9,13 @@
 use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
+use rayon::prelude::*;
 
 use super::sgd::floats;
 use crate::ops::is_flex;
+
+/// Parameters at least this long are updated on every worker thread.
+const PARALLEL_MIN_LEN: usize = 1 << 15;
 
 /// `m = β1 m + (1 - β1) g`, `v = β2 v + (1 - β2) g²` (the first step starts from zero), then
 /// `p -= lr · m · c / (√v + ε √(1 - β2ᵗ))` with `c = √(1 - β2ᵗ) / (1 - β1ᵗ)`, as Burn writes it.
@@ -85,17 +89,31 @@ impl Optimizer for Adam {
         let factor = correction_2 / (1.0 - b1.powi(t));
         let epsilon = self.epsilon * correction_2;
         let lr = lr as f32;
-        for (((p, m), v), &g) in params.iter_mut().zip(&mut m).zip(&mut v).zip(&grads) {
-            let g = if decay > 0.0 { *p * decay + g } else { g };
-            if time == 1 {
-                *m = g * keep_1;
-                *v = (g * g) * keep_2;
-            } else {
-                *m = *m * b1 + g * keep_1;
-                *v = *v * b2 + (g * g) * keep_2;
+        let update = |(((p, m), v), g): (((&mut [f32], &mut [f32]), &mut [f32]), &[f32])| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                let g = if decay > 0.0 { *p * decay + g } else { g };
+                if time == 1 {
+                    *m = g * keep_1;
+                    *v = (g * g) * keep_2;
+                } else {
+                    *m = *m * b1 + g * keep_1;
+                    *v = *v * b2 + (g * g) * keep_2;
+                }
+                let step = (*m * factor) / (v.sqrt() + epsilon);
+                *p -= step * lr;
             }
-            let step = (*m * factor) / (v.sqrt() + epsilon);
-            *p -= step * lr;
+        };
+        if params.len() >= PARALLEL_MIN_LEN {
+            // Element-wise: the result does not depend on the split.
+            let chunk = params.len().div_ceil(rayon::current_num_threads());
+            params
+                .par_chunks_mut(chunk)
+                .zip(m.par_chunks_mut(chunk))
+                .zip(v.par_chunks_mut(chunk))
+                .zip(grads.par_chunks(chunk))
+                .for_each(update);
+        } else {
+            update((((&mut params, &mut m), &mut v), &grads));
         }
         let tensor =
             |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);

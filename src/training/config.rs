@@ -44,9 +44,10 @@ pub struct DataConfig {
     /// Test-time augmentation at evaluation: average the predictions for the image and its mirror.
     pub tta_flip: bool,
     /// Test-time augmentation: also average the predictions for the image shifted by this many
-    /// pixels up, down, left and right (each mirrored too with `tta_flip`). Applied to the final
-    /// evaluation, `fmnist eval` and `fmnist predict`; the per-epoch validation uses `tta_flip`
-    /// alone, so that epochs stay fast. 0 for none.
+    /// pixels up, down, left and right (each mirrored too with `tta_flip`). 0 for none.
+    ///
+    /// Test-time augmentation applies to the final score, `fmnist eval` and `fmnist predict`; the
+    /// per-epoch validation scores single views, as Keras's `fit` does, so that epochs stay fast.
     pub tta_shift: usize,
 }
 
@@ -70,14 +71,6 @@ impl DataConfig {
         Tta {
             flip: self.tta_flip,
             shift: self.tta_shift,
-        }
-    }
-
-    /// The test-time augmentation of the per-epoch validation: flips only.
-    pub fn epoch_tta(&self) -> Tta {
-        Tta {
-            shift: 0,
-            ..self.tta()
         }
     }
 
@@ -312,13 +305,6 @@ mod tests {
             Tta {
                 flip: true,
                 shift: 1
-            }
-        );
-        assert_eq!(
-            speedrun.data.epoch_tta(),
-            Tta {
-                flip: true,
-                shift: 0
             }
         );
         Ok(())

@@ -23,7 +23,7 @@ use crate::data::batcher::Batcher;
 use crate::data::prefetch::Prefetcher;
 use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
-use crate::evaluation::{evaluate_with, predicted_classes};
+use crate::evaluation::{Tta, evaluate_with, predicted_classes};
 use crate::model::Model;
 use crate::ops::cross_entropy;
 
@@ -454,7 +454,7 @@ impl<'a> Trainer<'a> {
                 &self.batcher,
                 self.device,
                 config.eval_batch_size,
-                config.data.epoch_tta(),
+                Tta::NONE,
             );
             let seen = position.seen.max(1) as f64;
             let record = EpochRecord {
@@ -516,9 +516,10 @@ impl<'a> Trainer<'a> {
         } else {
             model
         };
-        // The per-epoch scores are the test scores unless the run holds out a validation split,
-        // or its final evaluation adds test-time shifts.
-        let (test_loss, test_acc) = if config.data.val_split > 0.0 || config.data.tta_shift > 0 {
+        // The per-epoch scores are the test scores unless the run holds out a validation split
+        // or scores its final weights with test-time augmentation.
+        let (test_loss, test_acc) = if config.data.val_split > 0.0 || config.data.tta() != Tta::NONE
+        {
             let scores = evaluate_with(
                 &final_model,
                 &self.data.test,

@@ -17,6 +17,9 @@ use crate::ops::is_flex;
 /// Parameters at least this long are updated on every worker thread.
 const PARALLEL_MIN_LEN: usize = 1 << 15;
 
+/// Matching pieces of the parameter, its two moments and its gradient.
+type Slices<'a> = (((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), &'a [f32]);
+
 /// `m = β1 m + (1 - β1) g`, `v = β2 v + (1 - β2) g²` (the first step starts from zero), then
 /// `p -= lr · m · c / (√v + ε √(1 - β2ᵗ))` with `c = √(1 - β2ᵗ) / (1 - β1ᵗ)`, as Burn writes it.
 #[derive(Clone)]
@@ -89,7 +92,7 @@ impl Optimizer for Adam {
         let factor = correction_2 / (1.0 - b1.powi(t));
         let epsilon = self.epsilon * correction_2;
         let lr = lr as f32;
-        let update = |(((p, m), v), g): (((&mut [f32], &mut [f32]), &mut [f32]), &[f32])| {
+        let update = |(((p, m), v), g): Slices| {
             for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
                 let g = if decay > 0.0 { *p * decay + g } else { g };
                 if time == 1 {

@@ -8,11 +8,9 @@
 
 use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::prelude::*;
-use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::sgd::floats;
-use crate::ops::is_flex;
+use super::sgd::{floats, updates_on_host};
 
 /// Parameters at least this long are updated on every worker thread.
 const PARALLEL_MIN_LEN: usize = 1 << 15;
@@ -63,13 +61,10 @@ impl Optimizer for Adam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let fused = is_flex(&tensor.device())
-            && [&tensor, &grad].iter().all(|t| t.dtype() == DType::F32)
+        let fused = updates_on_host(&[&tensor, &grad])
             && state.as_ref().is_none_or(|s| {
                 s.momentum.max_moment_2.is_none()
-                    && [&s.momentum.moment_1, &s.momentum.moment_2]
-                        .iter()
-                        .all(|t| t.dtype() == DType::F32)
+                    && updates_on_host(&[&s.momentum.moment_1, &s.momentum.moment_2])
             });
         if !fused {
             return self.burn.step(lr, tensor, grad, state);

@@ -64,9 +64,8 @@ impl Optimizer for Sgd {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let velocity = state.and_then(|state| state.velocity);
-        let fused = is_flex(&tensor.device())
-            && [&tensor, &grad].iter().all(|t| t.dtype() == DType::F32)
-            && velocity.as_ref().is_none_or(|v| v.dtype() == DType::F32);
+        let fused =
+            updates_on_host(&[&tensor, &grad]) && velocity.iter().all(|v| updates_on_host(&[v]));
         let (tensor, velocity) = if fused {
             self.step_in_place(lr, tensor, grad, velocity)
         } else {
@@ -146,6 +145,13 @@ impl Sgd {
         }
         (tensor(params), Some(tensor(velocity)))
     }
+}
+
+/// Whether the one-pass updates apply: `f32` tensors on the flex backend.
+pub(super) fn updates_on_host<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && is_flex(&t.device()))
 }
 
 /// The values of an `f32` tensor, without a copy when nothing else holds its buffer.

@@ -402,10 +402,7 @@ impl CpuKernels for Flex {
     }
 
     fn fast_cross_entropy(logits: FlexTensor, targets: FlexTensor, smoothing: f32) -> FlexTensor {
-        let targets = indices(&targets);
-        let (_, classes) = logits_shape(&logits, &targets);
-        let (loss, _) = loss::forward(&values(&logits), classes, &targets, smoothing);
-        tensor(vec![loss as f32], [1])
+        cross_entropy_forward(&logits, &targets, smoothing).0
     }
 
     fn fast_dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
@@ -435,9 +432,7 @@ impl CpuKernels for Flex {
     }
 
     fn fast_max_pool2x2(x: FlexTensor) -> FlexTensor {
-        let [n, c, h, w] = dims4(&x);
-        let (out, _) = pool::forward(&values(&x), n * c, h, w);
-        tensor(out, [n, c, h / 2, w / 2])
+        max_pool_forward(&x).0
     }
 
     fn fast_conv2d_pool(
@@ -446,18 +441,46 @@ impl CpuKernels for Flex {
         bias: FlexTensor,
         padding: usize,
     ) -> FlexTensor {
-        let s = conv_shape(&x, &weight, padding);
-        let (out, _) = conv::forward_pooled(&s, &values(&x), &values(&weight), &values(&bias));
-        tensor(
-            out,
-            [
-                s.batch,
-                s.out_channels,
-                s.out_height() / 2,
-                s.out_width() / 2,
-            ],
-        )
+        conv_pool_forward(&x, &weight, &bias, padding).0
     }
+}
+
+/// Cross-entropy forward: the loss `[1]`, with what its backward needs (softmax probabilities,
+/// class indices, number of classes).
+fn cross_entropy_forward(
+    logits: &FlexTensor,
+    targets: &FlexTensor,
+    smoothing: f32,
+) -> (FlexTensor, Vec<f32>, Vec<usize>, usize) {
+    let targets = indices(targets);
+    let (_, classes) = logits_shape(logits, &targets);
+    let (loss, probs) = loss::forward(&values(logits), classes, &targets, smoothing);
+    (tensor(vec![loss as f32], [1]), probs, targets, classes)
+}
+
+/// 2x2 max pooling forward, with which input held each maximum.
+fn max_pool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
+    let [n, c, h, w] = dims4(x);
+    let (out, arg) = pool::forward(&values(x), n * c, h, w);
+    (tensor(out, [n, c, h / 2, w / 2]), arg)
+}
+
+/// Fused convolution and 2x2 max pooling forward, with which output held each maximum.
+fn conv_pool_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    padding: usize,
+) -> (FlexTensor, Vec<u8>) {
+    let s = conv_shape(x, weight, padding);
+    let (out, arg) = conv::forward_pooled(&s, &values(x), &values(weight), &values(bias));
+    let shape = [
+        s.batch,
+        s.out_channels,
+        s.out_height() / 2,
+        s.out_width() / 2,
+    ];
+    (tensor(out, shape), arg)
 }
 
 /// Registers `grad` (of `shape`) as the gradient of `node`, when the node is tracked and the
@@ -623,24 +646,15 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
             .compute_bound()
             .stateful();
         let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
-        let s = norm_shape(&x);
-        let (y, mean, var) = norm::forward(
-            &s,
-            &values(&x),
-            &values(&gamma),
-            &values(&beta.into_primitive()),
-            epsilon,
-        );
-        let y = tensor(y, x.shape());
-        let stats = (
-            Self::from_inner(tensor(mean.clone(), [s.channels])),
-            Self::from_inner(tensor(var.clone(), [s.channels])),
-        );
+        let (y, mean, var) =
+            Flex::fast_batch_norm_train(x.clone(), gamma.clone(), beta.into_primitive(), epsilon);
+        let state = |stats: &FlexTensor| values(stats).into_owned();
+        let (mean_values, var_values) = (state(&mean), state(&var));
         let out = match prepared {
-            OpsKind::Tracked(prep) => prep.finish((x, gamma, mean, var, epsilon), y),
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, mean_values, var_values, epsilon), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        (out, stats.0, stats.1)
+        (out, Self::from_inner(mean), Self::from_inner(var))
     }
 
     fn fast_cross_entropy(
@@ -654,14 +668,9 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let logits = logits.into_primitive();
-                let targets = indices(&targets);
-                let (_, classes) = logits_shape(&logits, &targets);
-                let (loss, probs) = loss::forward(&values(&logits), classes, &targets, smoothing);
-                prep.finish(
-                    (probs, targets, classes, smoothing),
-                    tensor(vec![loss as f32], [1]),
-                )
+                let (loss, probs, targets, classes) =
+                    cross_entropy_forward(&logits.into_primitive(), &targets, smoothing);
+                prep.finish((probs, targets, classes, smoothing), loss)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_cross_entropy(
                 logits.into_primitive(),
@@ -684,15 +693,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let s = dense_shape(&x, &weight);
-                let y = dense::forward(
-                    &s,
-                    &values(&x),
-                    &values(&weight),
-                    &values(&bias.into_primitive()),
-                    fused(relu),
-                );
-                let y = tensor(y, [s.rows, s.outputs]);
+                let y = Flex::fast_dense(x.clone(), weight.clone(), bias.into_primitive(), relu);
                 prep.finish((x, weight, y.clone(), relu), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_dense(
@@ -737,9 +738,8 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let [n, c, h, w] = dims4(x.primitive());
-                let (out, arg) = pool::forward(&values(x.primitive()), n * c, h, w);
-                prep.finish((arg, [n, c, h, w]), tensor(out, [n, c, h / 2, w / 2]))
+                let (out, arg) = max_pool_forward(x.primitive());
+                prep.finish((arg, dims4(x.primitive())), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_max_pool2x2(x.into_primitive())),
         }
@@ -758,22 +758,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let s = conv_shape(&x, &weight, padding);
-                let (out, arg) = conv::forward_pooled(
-                    &s,
-                    &values(&x),
-                    &values(&weight),
-                    &values(&bias.into_primitive()),
-                );
-                let out = tensor(
-                    out,
-                    [
-                        s.batch,
-                        s.out_channels,
-                        s.out_height() / 2,
-                        s.out_width() / 2,
-                    ],
-                );
+                let (out, arg) = conv_pool_forward(&x, &weight, &bias.into_primitive(), padding);
                 prep.finish((x, weight, padding, Some(arg)), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_conv2d_pool(

@@ -10,7 +10,7 @@ use fmnist::data::batcher::Batcher;
 use fmnist::data::files::{Location, Origin};
 use fmnist::data::{self, FashionMnist};
 use fmnist::evaluation::{Tta, evaluate, evaluate_with};
-use fmnist::model::ModelConfig;
+use fmnist::model::{Model, ModelConfig};
 use fmnist::training::trainer::Silent;
 use fmnist::training::{self, History, RunDir, TrainConfig, Weights};
 
@@ -34,6 +34,15 @@ fn run(config: &TrainConfig, tag: &str) -> (training::RunResult, History, common
     let result = training::train(config, dataset(), &dir, &Device::default(), &mut Silent).unwrap();
     let history = History::read(&dir.path).unwrap();
     (result, history, root)
+}
+
+/// The `which` weights of the run trained by [`run`] in `root`, with a batcher for its inputs.
+fn saved(root: &common::TempDir, config: &TrainConfig, which: Weights) -> (Model, Batcher, Device) {
+    let device = Device::default();
+    let dir = RunDir::open(&root.path().join("run")).unwrap();
+    let model = dir.load_weights(config.model.init(&device), which).unwrap();
+    let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
+    (model, batcher, device)
 }
 
 #[test]
@@ -64,12 +73,8 @@ fn mlp_five_epochs_of_the_study_recipe_reach_084() {
         assert!(pair[1].loss < pair[0].loss, "{history:?}");
     }
     // The saved best weights reproduce the best epoch's test metrics.
+    let (model, batcher, device) = saved(&root, &config, Weights::Best);
     let dir = RunDir::open(&root.path().join("run")).unwrap();
-    let device = Device::default();
-    let model = dir
-        .load_weights(config.model.init(&device), Weights::Best)
-        .unwrap();
-    let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
     let scores = evaluate(&model, &dataset().test, &batcher, &device, 1000);
     let best = history.best().unwrap();
     assert!(
@@ -180,12 +185,7 @@ fn final_score_uses_every_test_time_view_and_epochs_single_views() {
     config.data.tta_flip = true;
     config.data.tta_shift = 1;
     let (result, history, root) = run(&config, "tta");
-    let dir = RunDir::open(&root.path().join("run")).unwrap();
-    let device = Device::default();
-    let model = dir
-        .load_weights(config.model.init(&device), Weights::Last)
-        .unwrap();
-    let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
+    let (model, batcher, device) = saved(&root, &config, Weights::Last);
     let score = |tta| evaluate_with(&model, &dataset().test, &batcher, &device, 1000, tta);
     let (all_views, single) = (score(config.data.tta()), score(Tta::NONE));
     let last = history.last().unwrap();

@@ -25,7 +25,7 @@ const PREFETCH_ROWS: usize = 6;
 
 /// Hints the CPU to start loading `bytes` into cache.
 #[inline]
-pub(super) fn prefetch(bytes: &[u8]) {
+fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in bytes.chunks(64) {
         // SAFETY: prefetching is a hint; the pointer comes from a live slice.
@@ -76,7 +76,7 @@ fn erase(row: &mut [u8; PIXELS], rng: &mut impl Rng) {
 }
 
 /// The class indices of `split` at `indices`.
-pub(super) fn targets(
+fn targets(
     split: &Split,
     indices: impl ExactSizeIterator<Item = usize>,
     device: &Device,
@@ -93,6 +93,17 @@ pub struct Batch {
     pub images: Tensor<4>,
     /// `[batch]` class indices.
     pub targets: Tensor<1, Int>,
+}
+
+impl Batch {
+    /// The examples of `split` at `indices`, from their scaled pixels (`indices.len() * 784`).
+    pub(super) fn new(pixels: Vec<f32>, split: &Split, indices: &[usize], device: &Device) -> Self {
+        let n = indices.len();
+        Batch {
+            images: Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device),
+            targets: targets(split, indices.iter().copied(), device),
+        }
+    }
 }
 
 /// Builds batches from a [`Split`] with a fixed pixel mapping.
@@ -118,7 +129,7 @@ impl Batcher {
     }
 
     /// Writes the scaled pixels of `bytes` into `out` (a plain loop the compiler vectorises).
-    pub(super) fn scale_into(&self, bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
+    fn scale_into(&self, bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
         let (mean, std) = (self.mean, self.std);
         if mean == 0.0 && std == 1.0 {
             for (o, &p) in out.iter_mut().zip(bytes) {
@@ -161,15 +172,26 @@ impl Batcher {
         })
     }
 
+    /// Writes row `r` of the batch of `split` at `indices` into `out`. Shuffled rows are
+    /// scattered over 47 MB: a few rows ahead are fetched too, so that their cache misses overlap
+    /// (random-order assembly 30 ms -> 14 ms per MLP epoch).
+    pub(super) fn fill_row(
+        &self,
+        split: &Split,
+        indices: &[usize],
+        r: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        if let Some(&ahead) = indices.get(r + PREFETCH_ROWS) {
+            prefetch(split.image(ahead));
+        }
+        self.scale_into(split.image(indices[r]), out)
+    }
+
     /// The examples of `split` at `indices`, in that order.
     pub fn batch(&self, split: &Split, indices: &[usize], device: &Device) -> Batch {
         let images = self.assemble(indices.len(), device, |r, out| {
-            // Shuffled rows are scattered over 47 MB: fetch a few rows ahead so that their cache
-            // misses overlap (random-order assembly 30 ms -> 14 ms per MLP epoch).
-            if let Some(&ahead) = indices.get(r + PREFETCH_ROWS) {
-                prefetch(split.image(ahead));
-            }
-            self.scale_into(split.image(indices[r]), out)
+            self.fill_row(split, indices, r, out)
         });
         Batch {
             images,
@@ -222,13 +244,9 @@ impl Batcher {
             }
             self.scale_into(&row, out);
         }
-        let n = indices.len();
-        // SAFETY: the loop above wrote all `n * PIXELS` values.
-        unsafe { values.set_len(n * PIXELS) };
-        Batch {
-            images: Tensor::from_data(TensorData::new(values, [n, 1, SIDE, SIDE]), device),
-            targets: targets(split, indices.iter().copied(), device),
-        }
+        // SAFETY: the loop above wrote all `indices.len() * PIXELS` values.
+        unsafe { values.set_len(indices.len() * PIXELS) };
+        Batch::new(values, split, indices, device)
     }
 
     /// Examples `start..end` of `split`, in order (evaluation).

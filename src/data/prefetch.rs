@@ -10,14 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use burn::prelude::*;
 
-use super::batcher::{Batch, Batcher, prefetch, targets};
-use super::{PIXELS, SIDE, Split};
+use super::batcher::{Batch, Batcher};
+use super::{PIXELS, Split};
 
 /// Rows one call of [`Prefetcher::help`] fills: a few microseconds, so that a kernel waiting
 /// for the thread is not held up.
 const CHUNK_ROWS: usize = 4;
-/// How many rows ahead a filler prefetches.
-const PREFETCH_ROWS: usize = 6;
 
 /// The next batch of one split, filled by idle workers.
 pub struct Prefetcher<'a> {
@@ -71,14 +69,11 @@ impl Job {
         }
         let end = (first + CHUNK_ROWS).min(rows);
         for r in first..end {
-            if let Some(&ahead) = self.indices.get(r + PREFETCH_ROWS) {
-                prefetch(split.image(ahead));
-            }
             // SAFETY: row `r` lies within the buffer's capacity and was claimed by this call
             // alone; nothing reads it before `done` counts it.
             let out =
                 unsafe { std::slice::from_raw_parts_mut(self.base.add(r * PIXELS).cast(), PIXELS) };
-            batcher.scale_into(split.image(self.indices[r]), out);
+            batcher.fill_row(split, &self.indices, r, out);
         }
         self.done.fetch_add(end - first, Ordering::Release);
         true
@@ -154,16 +149,9 @@ impl<'a> Prefetcher<'a> {
                 }
             }
         };
-        let rows = job.indices.len();
-        // SAFETY: `is_complete` showed all `rows * PIXELS` values written.
-        unsafe { job.values.set_len(rows * PIXELS) };
-        Batch {
-            images: Tensor::from_data(
-                TensorData::new(std::mem::take(&mut job.values), [rows, 1, SIDE, SIDE]),
-                device,
-            ),
-            targets: targets(self.split, job.indices.iter().copied(), device),
-        }
+        // SAFETY: `is_complete` showed all `indices.len() * PIXELS` values written.
+        unsafe { job.values.set_len(job.indices.len() * PIXELS) };
+        Batch::new(job.values, self.split, &job.indices, device)
     }
 }
 

@@ -97,26 +97,22 @@ pub fn shifted(images: Tensor<4>, dy: i64, dx: i64) -> Tensor<4> {
 
 /// Class probabilities for a batch of images, `[batch, 10]`: the mean over the views of `tta`.
 pub fn probabilities(model: &Model, images: Tensor<4>, tta: Tta) -> Tensor<2> {
-    let views = tta.views();
-    let count = views.len();
-    let mut sum: Option<Tensor<2>> = None;
-    for (dy, dx, mirrored) in views {
-        let view = if mirrored {
+    let view = |(dy, dx, mirrored): (i64, i64, bool)| {
+        let x = if mirrored {
             images.clone().flip([3])
         } else {
             images.clone()
         };
-        let probs = softmax(model.forward(shifted(view, dy, dx)), 1);
-        sum = Some(match sum {
-            Some(sum) => sum + probs,
-            None => probs,
-        });
+        softmax(model.forward(shifted(x, dy, dx)), 1)
+    };
+    // The first view is the image itself.
+    let views = tta.views();
+    let plain = view(views[0]);
+    if views.len() == 1 {
+        return plain;
     }
-    match sum {
-        Some(sum) if count > 1 => sum / count as f64,
-        Some(sum) => sum,
-        None => unreachable!("a test-time augmentation has at least the image itself"),
-    }
+    let sum = views[1..].iter().fold(plain, |sum, &v| sum + view(v));
+    sum / views.len() as f64
 }
 
 /// Runs `model` (without autodiff) over `split` in batches of `batch_size`.

@@ -98,6 +98,14 @@ fn add_partials(partials: impl IntoIterator<Item = Vec<f32>>, len: usize) -> Vec
     total
 }
 
+/// The values of an `f32` tensor on the host, without a copy when nothing else holds its buffer.
+pub fn into_host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    match tensor.into_data().try_into_vec::<f32>() {
+        Ok(values) => values,
+        Err(error) => unreachable!("an f32 tensor's data is a Vec<f32>: {error:?}"),
+    }
+}
+
 /// Whether `device` runs on the flex CPU backend (with or without autodiff).
 pub fn is_flex(device: &Device) -> bool {
     matches!(

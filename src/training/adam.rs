@@ -10,7 +10,8 @@ use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Op
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::sgd::{floats, updates_on_host};
+use super::sgd::updates_on_host;
+use crate::ops::into_host_values;
 
 /// Parameters at least this long are updated on every worker thread.
 const PARALLEL_MIN_LEN: usize = 1 << 15;
@@ -70,13 +71,13 @@ impl Optimizer for Adam {
             return self.burn.step(lr, tensor, grad, state);
         }
         let (device, shape) = (tensor.device(), tensor.shape());
-        let mut params = floats(tensor);
-        let grads = floats(grad);
+        let mut params = into_host_values(tensor);
+        let grads = into_host_values(grad);
         let (time, mut m, mut v) = match state {
             Some(state) => (
                 state.momentum.time + 1,
-                floats(state.momentum.moment_1),
-                floats(state.momentum.moment_2),
+                into_host_values(state.momentum.moment_1),
+                into_host_values(state.momentum.moment_2),
             ),
             None => (1, vec![0.0; params.len()], vec![0.0; params.len()]),
         };

@@ -6,8 +6,8 @@ use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::sgd::floats;
 use crate::model::Model;
+use crate::ops::into_host_values;
 
 /// Parameters at least this long are averaged on every worker thread.
 const PARALLEL_MIN_LEN: usize = 1 << 15;
@@ -27,7 +27,7 @@ struct Collect(Vec<Vec<f32>>);
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push(floats(param.val()));
+        self.0.push(into_host_values(param.val()));
     }
 }
 
@@ -45,7 +45,7 @@ impl ModuleVisitor for Fold<'_> {
             .shadow
             .next()
             .expect("the same parameters in the same order");
-        let current = floats(param.val());
+        let current = into_host_values(param.val());
         let (keep, take) = (self.keep, self.take);
         let fold = |(s, c): (&mut [f32], &[f32])| {
             for (s, &c) in s.iter_mut().zip(c) {

@@ -10,7 +10,7 @@ use burn::optim::{LearningRate, Optimizer, RecordState, StateSink, StateSource, 
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use crate::ops::is_flex;
+use crate::ops::{into_host_values, is_flex};
 
 /// The update rule: `v = (1 - dampening) g + momentum v` (`v = g` at the first step), then
 /// `p -= lr (nesterov ? g + momentum v : v)`, with `g` the gradient plus `weight_decay p`.
@@ -121,8 +121,8 @@ impl Sgd {
         velocity: Option<Tensor<D>>,
     ) -> (Tensor<D>, Option<Tensor<D>>) {
         let (device, shape) = (tensor.device(), tensor.shape());
-        let mut params = floats(tensor);
-        let grads = floats(grad);
+        let mut params = into_host_values(tensor);
+        let grads = into_host_values(grad);
         // Burn converts each scalar factor to the element type before multiplying.
         let (lr, decay) = (lr as f32, self.weight_decay);
         let (momentum, keep) = (self.momentum as f32, (1.0 - self.dampening) as f32);
@@ -136,7 +136,7 @@ impl Sgd {
             return (tensor(params), None);
         }
         let first = velocity.is_none();
-        let mut velocity = velocity.map_or_else(|| vec![0.0; params.len()], floats);
+        let mut velocity = velocity.map_or_else(|| vec![0.0; params.len()], into_host_values);
         for ((p, v), &g) in params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
             let g = if decay > 0.0 { *p * decay + g } else { g };
             *v = if first { g } else { g * keep + *v * momentum };
@@ -152,15 +152,6 @@ pub(super) fn updates_on_host<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
     tensors
         .iter()
         .all(|t| t.dtype() == DType::F32 && is_flex(&t.device()))
-}
-
-/// The values of an `f32` tensor, without a copy when nothing else holds its buffer.
-pub(super) fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    let data = tensor.into_data();
-    match data.try_into_vec::<f32>() {
-        Ok(values) => values,
-        Err(error) => unreachable!("an f32 tensor's data is a Vec<f32>: {error:?}"),
-    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ impl Predictor {
     ) -> Result<Self> {
         let run = RunDir::open(dir)?;
         let config = run.read_config()?;
+        crate::ops::amx::set_matmul_precision(config.matmul_precision);
         let model = run.load_weights(config.model.init(device), which)?;
         let stats = match (config.data.normalization, train) {
             (Normalization::Standardize, Some(train)) if config.data.val_split > 0.0 => train

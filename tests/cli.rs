@@ -183,3 +183,39 @@ fn same_seed_gives_identical_history_and_another_seed_does_not() {
         "{config}"
     );
 }
+
+#[test]
+fn speedrun_in_bfloat16_on_amx_tiles_learns_in_two_epochs() {
+    // The speedrun preset asks for `matmul_precision = "medium"`: bfloat16 convolutions where
+    // the CPU has AMX tiles (f32 elsewhere), in a subprocess so that the process-wide precision
+    // cannot reach the other tests.
+    let runs = common::TempDir::new("speedrun-bf16");
+    let out = fmnist(&[
+        "--threads",
+        "2",
+        "train",
+        "--preset",
+        "speedrun",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+        "--name",
+        "sr",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let says_tiles = stdout(&out).contains("bfloat16 convolutions on AMX tiles");
+    assert_eq!(
+        says_tiles,
+        fmnist::ops::amx::available(),
+        "{}",
+        stdout(&out)
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.path().join("sr/result.json")).unwrap())
+            .unwrap();
+    let acc = result["test_acc"].as_f64().unwrap();
+    assert!(acc >= 0.85, "speedrun after two epochs: {acc}");
+    let config = std::fs::read_to_string(runs.path().join("sr/config.toml")).unwrap();
+    assert!(config.contains("matmul_precision = \"medium\""), "{config}");
+}

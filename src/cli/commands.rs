@@ -12,7 +12,7 @@ use super::{
 };
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
-use crate::training::config::Provenance;
+use crate::training::config::{MatmulPrecision, Provenance};
 use crate::training::progress::{Console, final_report};
 use crate::training::{self, RunDir, TrainOptions};
 
@@ -262,7 +262,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if !args.quiet {
         println!("{}", config.model.summary());
         println!(
-            "Training {} on {} images, validating on {} ({} threads, seed {}); run directory {}",
+            "Training {} on {} images, validating on {} ({} threads{}, seed {}); run directory {}",
             run.name(),
             dataset.train.len(),
             if config.data.val_split > 0.0 {
@@ -271,6 +271,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 "the test set".into()
             },
             rayon::current_num_threads(),
+            match config.matmul_precision {
+                MatmulPrecision::Highest => "",
+                MatmulPrecision::Medium if crate::ops::amx::available() => {
+                    ", bfloat16 convolutions on AMX tiles"
+                }
+                MatmulPrecision::Medium => ", f32: this CPU has no AMX tiles for bfloat16",
+            },
             config.seed,
             run.path.display()
         );

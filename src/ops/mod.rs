@@ -4,6 +4,7 @@
 //! [`conv2d`], [`max_pool2x2`], [`dense`], [`cross_entropy`] and [`batch_norm`] pick the path by
 //! device.
 
+pub mod amx;
 pub mod conv;
 pub mod dense;
 pub mod loss;
@@ -432,7 +433,13 @@ impl CpuKernels for Flex {
         padding: usize,
     ) -> FlexTensor {
         let s = conv_shape(&x, &weight, padding);
-        let out = conv::forward(&s, &values(&x), &values(&weight), &values(&bias));
+        let out = conv::forward(
+            &s,
+            &values(&x),
+            &values(&weight),
+            &values(&bias),
+            amx::use_bf16(),
+        );
         tensor(
             out,
             [s.batch, s.out_channels, s.out_height(), s.out_width()],
@@ -481,7 +488,13 @@ fn conv_pool_forward(
     padding: usize,
 ) -> (FlexTensor, Vec<u8>) {
     let s = conv_shape(x, weight, padding);
-    let (out, arg) = conv::forward_pooled(&s, &values(x), &values(weight), &values(bias));
+    let (out, arg) = conv::forward_pooled(
+        &s,
+        &values(x),
+        &values(weight),
+        &values(bias),
+        amx::use_bf16(),
+    );
     let shape = [
         s.batch,
         s.out_channels,
@@ -517,10 +530,10 @@ impl Backward<Flex, 3> for ConvBackward {
         let (x, weight, padding, pooled) = ops.state;
         let s = conv_shape(&x, &weight, padding);
         let (x, weight, dy) = (values(&x), values(&weight), values(&dy));
-        let need_dx = node_x.is_some();
+        let (need_dx, bf16) = (node_x.is_some(), amx::use_bf16());
         let (dw, db, dx) = match &pooled {
-            Some(arg) => conv::backward_pooled(&s, &x, &weight, &dy, arg, need_dx),
-            None => conv::backward(&s, &x, &weight, &dy, need_dx),
+            Some(arg) => conv::backward_pooled(&s, &x, &weight, &dy, arg, need_dx, bf16),
+            None => conv::backward(&s, &x, &weight, &dy, need_dx, bf16),
         };
         let [x_id, w_id, b_id] = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
         register(grads, x_id, dx, [s.batch, s.in_channels, s.height, s.width]);

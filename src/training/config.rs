@@ -11,6 +11,7 @@ use crate::data::batcher::{Augmentation, Normalization};
 use crate::error::{Error, Result};
 use crate::evaluation::Tta;
 use crate::model::ModelConfig;
+pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
 pub const PRESETS: [(&str, &str); 5] = [
@@ -139,6 +140,11 @@ pub struct TrainConfig {
     /// Decay of an exponential moving average of the weights, updated every batch and used for
     /// evaluation and the saved weights (0 disables it; 0.999 is typical).
     pub ema_decay: f64,
+    /// Precision of the convolutions' matrix products, as PyTorch's
+    /// `set_float32_matmul_precision`: `highest` (f32) or `medium` (bfloat16 operands with f32
+    /// sums, on CPUs with AMX tiles; f32 elsewhere).
+    #[serde(skip_serializing_if = "MatmulPrecision::is_highest")]
+    pub matmul_precision: MatmulPrecision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
 }
@@ -158,6 +164,7 @@ impl Default for TrainConfig {
             early_stopping: EarlyStopping::default(),
             label_smoothing: 0.0,
             ema_decay: 0.0,
+            matmul_precision: MatmulPrecision::Highest,
             provenance: None,
         }
     }
@@ -300,6 +307,8 @@ mod tests {
         assert_eq!(linear.optimizer.momentum, 0.95);
         assert_eq!(linear.batch_size, 1024);
         let speedrun = TrainConfig::preset("speedrun")?;
+        assert_eq!(speedrun.matmul_precision, MatmulPrecision::Medium);
+        assert_eq!(mlp.matmul_precision, MatmulPrecision::Highest);
         assert_eq!(
             speedrun.data.tta(),
             Tta {
@@ -330,6 +339,10 @@ mod tests {
         assert!(err.to_string().contains("swish"), "{err}");
         let err = TrainConfig::from_toml("[data]\ntta_shift = 9\n", "z.toml").unwrap_err();
         assert!(err.to_string().contains("data.tta_shift = 9"), "{err}");
+        let err = TrainConfig::from_toml("matmul_precision = \"low\"\n", "p.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("p.toml:1:"), "{msg}");
+        assert!(msg.contains("highest") && msg.contains("medium"), "{msg}");
         Ok(())
     }
 
@@ -343,6 +356,11 @@ mod tests {
         let back = TrainConfig::from_toml(&c.to_toml(), "back")?;
         assert_eq!(back, c);
         assert_eq!(back.recipe(), TrainConfig::preset("seed-linear")?);
+        // The default precision is not written, so that earlier runs' recipes stay the same.
+        assert!(!c.to_toml().contains("matmul_precision"));
+        c.matmul_precision = MatmulPrecision::Medium;
+        assert!(c.to_toml().contains("matmul_precision = \"medium\""));
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), "back")?, c);
         Ok(())
     }
 }

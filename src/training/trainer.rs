@@ -289,6 +289,7 @@ impl<'a> Trainer<'a> {
         device: &'a Device,
         options: &'a TrainOptions,
     ) -> Self {
+        crate::ops::amx::set_matmul_precision(config.matmul_precision);
         let (train_split, val_split) = if config.data.val_split > 0.0 {
             let (train, held_out) = data.train.clone().split_last(config.data.val_split);
             (Cow::Owned(train), Cow::Owned(held_out))

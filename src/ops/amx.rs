@@ -220,7 +220,10 @@ pub fn gemm(
     accumulate: bool,
 ) {
     assert!(available(), "AMX tiles are not available");
-    assert!(m.is_multiple_of(16) && n.is_multiple_of(16) && k.is_multiple_of(32), "unpadded sizes");
+    assert!(
+        m.is_multiple_of(16) && n.is_multiple_of(16) && k.is_multiple_of(32),
+        "unpadded sizes"
+    );
     if m == 0 || n == 0 {
         return;
     }

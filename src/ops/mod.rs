@@ -1,6 +1,7 @@
 //! Faster CPU kernels for the `flex` backend, written as a Burn backend extension with their own
-//! backward passes: convolution (im2col + AVX-512 GEMM), 2x2 max pooling, dense layers, softmax
-//! cross-entropy and batch normalisation. Other backends (CUDA, wgpu) keep Burn's own operations;
+//! backward passes: convolution (im2col + AVX-512 GEMM, or bfloat16 AMX tiles at the `medium`
+//! [`amx::MatmulPrecision`]), 2x2 max pooling, dense layers, softmax cross-entropy and batch
+//! normalisation. Other backends (CUDA, wgpu) keep Burn's own operations;
 //! [`conv2d`], [`max_pool2x2`], [`dense`], [`cross_entropy`] and [`batch_norm`] pick the path by
 //! device.
 

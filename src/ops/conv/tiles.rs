@@ -1,0 +1,446 @@
+//! The convolution's products in bfloat16 on AMX tiles with `f32` sums (the `medium` matmul
+//! precision): per image, the forward `out = weight · cols`, and in the backward pass
+//! `dweightᵀ += cols · dconvᵀ` and `dcols = weightᵀ · dconv`, each operand converted to the
+//! tiles' layout ([`amx`]) with the padding the tiles need.
+
+use rayon::prelude::*;
+
+use super::{ConvShape, Patches, add_bias, col2im, pool_image};
+use crate::ops::add_partials;
+use crate::ops::amx::{self, pad};
+
+/// [`super::forward`] in bfloat16 tiles.
+pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let pixels = s.out_pixels();
+    let mut out = vec![0f32; s.batch * s.out_image()];
+    let tiles = TileForward::new(s, weight);
+    let x = bfloat16(x);
+    out.par_chunks_mut(s.out_image())
+        .zip(x.par_chunks(s.in_image()))
+        .for_each_init(
+            || tiles.scratch(s),
+            |scratch, (out_i, x_i)| {
+                tiles.image(s, x_i, bias, scratch);
+                for (o, row) in out_i.chunks_mut(pixels).enumerate() {
+                    row.copy_from_slice(&scratch.3[o * tiles.pixels..][..pixels]);
+                }
+            },
+        );
+    out
+}
+
+/// [`super::forward_pooled`] in bfloat16 tiles.
+pub(super) fn forward_pooled(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+) -> (Vec<f32>, Vec<u8>) {
+    let pooled = s.pooled_pixels();
+    let mut out = vec![0f32; s.batch * s.out_channels * pooled];
+    let mut arg = vec![0u8; s.batch * s.out_channels * pooled];
+    let tiles = TileForward::new(s, weight);
+    let x = bfloat16(x);
+    out.par_chunks_mut(s.out_channels * pooled)
+        .zip(arg.par_chunks_mut(s.out_channels * pooled))
+        .zip(x.par_chunks(s.in_image()))
+        .for_each_init(
+            || tiles.scratch(s),
+            |scratch, ((out_i, arg_i), x_i)| {
+                tiles.image(s, x_i, bias, scratch);
+                pool_image(s, &scratch.3, tiles.pixels, out_i, arg_i);
+            },
+        );
+    (out, arg)
+}
+
+/// [`super::backward`] in bfloat16 tiles.
+pub(super) fn backward(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (o, pixels) = (s.out_channels, s.out_pixels());
+    TileBackward::new(s, weight).run(s, x, need_dx, |i, b, db| {
+        let dy_i = &dy[i * s.out_image()..(i + 1) * s.out_image()];
+        for (c, row) in dy_i.chunks(pixels).enumerate() {
+            db[c] += row.iter().sum::<f32>();
+        }
+        amx::interleave_transposed(dy_i, o, pixels, pixels, &mut b.dconv_t, b.dconv_t_stride);
+        if let Some((pairs, stride)) = b.dconv_pairs() {
+            amx::interleave_rows(dy_i, o, pixels, pixels, pairs, stride);
+        }
+    })
+}
+
+/// [`super::backward_pooled`] in bfloat16 tiles. The gradient goes straight from the pooled
+/// values to the maxima's places in both operands; the other places stay zero.
+pub(super) fn backward_pooled(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    arg: &[u8],
+    need_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (pooled, o) = (s.pooled_pixels(), s.out_channels);
+    let (ow, w) = (s.out_width() / 2, s.out_width());
+    TileBackward::new(s, weight).run(s, x, need_dx, |i, b, db| {
+        let t_stride = b.dconv_t_stride;
+        b.dconv_t.fill(0);
+        let dconv_t = amx::halves(&mut b.dconv_t);
+        let mut pairs = b.pairs.as_mut().map(|(p, stride)| {
+            p.fill(0);
+            (amx::halves(p), *stride)
+        });
+        for c in 0..o {
+            let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
+            let (dy_c, arg_c) = (&dy[at.clone()], &arg[at]);
+            db[c] += dy_c.iter().sum::<f32>();
+            for (q, (&v, &k)) in dy_c.iter().zip(arg_c).enumerate() {
+                let (oy, ox, k) = (q / ow, q % ow, k as usize);
+                let pixel = (2 * oy + k / 2) * w + 2 * ox + k % 2;
+                let v = amx::to_bf16(v);
+                dconv_t[((pixel / 2) * t_stride + c) * 2 + pixel % 2] = v;
+                if let Some((pairs, stride)) = pairs.as_mut() {
+                    pairs[((c / 2) * *stride + pixel) * 2 + c % 2] = v;
+                }
+            }
+        }
+    })
+}
+
+/// `x` rounded to bfloat16, in parallel.
+fn bfloat16(x: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = amx::to_bf16(v)));
+    out
+}
+
+type TileForwardScratch = (Patches<u16>, Vec<u16>, Vec<u32>, Vec<f32>);
+
+/// The forward product in bfloat16 tiles: the weights `[out × patch]` as tile rows (padded to
+/// 16 × 32), and per-thread buffers for one image's patches (pair-interleaved) and output.
+struct TileForward {
+    weight: Vec<u16>,
+    /// Row stride of `weight`: the patch padded to 32.
+    patch: usize,
+    /// Output channels padded to 16.
+    out_channels: usize,
+    /// Output pixels padded to 16: the row stride of the output buffer.
+    pixels: usize,
+}
+
+impl TileForward {
+    fn new(s: &ConvShape, weight: &[f32]) -> Self {
+        let (patch, out_channels) = (pad(s.patch(), 32), pad(s.out_channels, 16));
+        let mut tiles = vec![0u16; out_channels * patch];
+        amx::convert_rows(
+            weight,
+            s.out_channels,
+            s.patch(),
+            s.patch(),
+            &mut tiles,
+            patch,
+        );
+        TileForward {
+            weight: tiles,
+            patch,
+            out_channels,
+            pixels: pad(s.out_pixels(), 16),
+        }
+    }
+
+    /// Per-thread scratch: `(padded image, bf16 patches, interleaved patches, output)`.
+    fn scratch(&self, s: &ConvShape) -> TileForwardScratch {
+        (
+            Patches::new(s),
+            vec![0u16; self.patch * self.pixels],
+            vec![0u32; self.patch / 2 * self.pixels],
+            vec![0f32; self.out_channels * self.pixels],
+        )
+    }
+
+    /// One image's convolution into `out` (rows [`Self::pixels`] apart).
+    fn image(
+        &self,
+        s: &ConvShape,
+        x_i: &[u16],
+        bias: &[f32],
+        (patches, cols, tiles, out): &mut TileForwardScratch,
+    ) {
+        let pixels = s.out_pixels();
+        patches.im2col(s, x_i, cols, self.pixels);
+        amx::pair_rows(cols, self.pixels, tiles);
+        amx::gemm(
+            self.out_channels,
+            self.pixels,
+            self.patch,
+            &self.weight,
+            self.patch,
+            tiles,
+            self.pixels,
+            out,
+            self.pixels,
+            false,
+        );
+        add_bias(out, pixels, self.pixels, bias);
+    }
+}
+
+/// The backward products in bfloat16 tiles. Per image, with `P` the patch size and `N` the
+/// output pixels: `dwᵀ[P × out] += cols[P × N] · dconvᵀ[N × out]` (pairs along the pixels) and
+/// `dcols[P × N] = weightᵀ[P × out] · dconv[out × N]` (pairs along the channels).
+struct TileBackward {
+    /// `weightᵀ` as tile rows: `[patch padded to 16 × out padded to 32]`.
+    weight_t: Vec<u16>,
+    patch: usize,
+    out_channels: usize,
+    /// Output channels padded to 32: the inner size of the `dx` product.
+    out_k: usize,
+    pixels: usize,
+    /// Output pixels padded to 32: the inner size of the `dw` product.
+    pixels_k: usize,
+}
+
+/// One task's buffers for [`TileBackward`]; a filler writes each image's output gradient into
+/// `dconv_t` (and `pairs`, when the input gradient is wanted).
+struct TileScratch {
+    patches: Patches<u16>,
+    cols: Vec<u16>,
+    /// `dconvᵀ`, pairs along the pixels, rows `dconv_t_stride` apart.
+    dconv_t: Vec<u32>,
+    dconv_t_stride: usize,
+    /// `dconv`, pairs along the channels, with the row stride; none without an input gradient.
+    pairs: Option<(Vec<u32>, usize)>,
+    dw_t: Vec<f32>,
+    dcols: Vec<f32>,
+}
+
+impl TileScratch {
+    fn dconv_pairs(&mut self) -> Option<(&mut [u32], usize)> {
+        self.pairs
+            .as_mut()
+            .map(|(p, stride)| (p.as_mut_slice(), *stride))
+    }
+}
+
+impl TileBackward {
+    fn new(s: &ConvShape, weight: &[f32]) -> Self {
+        let (patch, out_channels, out_k) = (
+            pad(s.patch(), 16),
+            pad(s.out_channels, 16),
+            pad(s.out_channels, 32),
+        );
+        let mut weight_t = vec![0u16; patch * out_k];
+        for (o, row) in weight.chunks(s.patch()).enumerate() {
+            for (q, &w) in row.iter().enumerate() {
+                weight_t[q * out_k + o] = amx::to_bf16(w);
+            }
+        }
+        TileBackward {
+            weight_t,
+            patch,
+            out_channels,
+            out_k,
+            pixels: pad(s.out_pixels(), 16),
+            pixels_k: pad(s.out_pixels(), 32),
+        }
+    }
+
+    fn scratch(&self, s: &ConvShape, need_dx: bool) -> TileScratch {
+        TileScratch {
+            patches: Patches::new(s),
+            cols: vec![0u16; self.patch * self.pixels_k],
+            dconv_t: vec![0u32; self.pixels_k / 2 * self.out_channels],
+            dconv_t_stride: self.out_channels,
+            pairs: need_dx.then(|| (vec![0u32; self.out_k / 2 * self.pixels], self.pixels)),
+            dw_t: vec![0f32; self.patch * self.out_channels],
+            dcols: vec![0f32; self.patch * self.pixels],
+        }
+    }
+
+    /// As [`backward_with`], one task per thread; `fill(i, scratch, db)` writes image `i`'s
+    /// output gradient into the scratch operands and adds its bias gradient to `db`.
+    fn run(
+        &self,
+        s: &ConvShape,
+        x: &[f32],
+        need_dx: bool,
+        fill: impl Fn(usize, &mut TileScratch, &mut [f32]) + Sync,
+    ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+        let (patch, o) = (s.patch(), s.out_channels);
+        let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
+        let per_task = s.batch.div_ceil(tasks);
+        let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
+        let dx_chunks: Vec<Option<&mut [f32]>> = match &mut dx {
+            Some(dx) => dx.chunks_mut(per_task * s.in_image()).map(Some).collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        let x = bfloat16(x);
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
+            .into_par_iter()
+            .enumerate()
+            .map(|(t, mut dx_chunk)| {
+                let mut b = self.scratch(s, need_dx);
+                let mut db = vec![0f32; o];
+                for i in t * per_task..((t + 1) * per_task).min(s.batch) {
+                    fill(i, &mut b, &mut db);
+                    let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                    b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
+                    amx::gemm(
+                        self.patch,
+                        self.out_channels,
+                        self.pixels_k,
+                        &b.cols,
+                        self.pixels_k,
+                        &b.dconv_t,
+                        b.dconv_t_stride,
+                        &mut b.dw_t,
+                        self.out_channels,
+                        true,
+                    );
+                    if let (Some(dx_chunk), Some((pairs, stride))) =
+                        (dx_chunk.as_deref_mut(), b.pairs.as_ref())
+                    {
+                        amx::gemm(
+                            self.patch,
+                            self.pixels,
+                            self.out_k,
+                            &self.weight_t,
+                            self.out_k,
+                            pairs,
+                            *stride,
+                            &mut b.dcols,
+                            self.pixels,
+                            false,
+                        );
+                        let local = i - t * per_task;
+                        col2im(
+                            s,
+                            &b.dcols,
+                            self.pixels,
+                            &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
+                        );
+                    }
+                }
+                let mut dw = vec![0f32; o * patch];
+                for (q, row) in b.dw_t.chunks(self.out_channels).take(patch).enumerate() {
+                    for (c, &v) in row[..o].iter().enumerate() {
+                        dw[c * patch + q] = v;
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+        (add_partials(dw, o * patch), add_partials(db, o), dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{backward, backward_pooled, forward, forward_pooled};
+    use super::*;
+
+    /// Small integers: exact in bfloat16, and so are their products and sums in `f32`, so that the
+    /// tile path must give the `f32` path's results to the last bit, whatever the summation order.
+    fn integers(len: usize, seed: usize, span: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104729) % (2 * span + 1)) as f32 - span as f32)
+            .collect()
+    }
+
+    #[test]
+    fn bfloat16_tiles_match_the_f32_path_on_exact_values() {
+        if !amx::available() {
+            eprintln!("no AMX tiles on this CPU: skipped");
+            return;
+        }
+        // Channel and pixel counts that are not multiples of 16, an odd image side.
+        for (in_channels, out_channels, side, padding) in [(1, 20, 9, 1), (3, 40, 11, 0)] {
+            let s = ConvShape {
+                batch: 5,
+                in_channels,
+                out_channels,
+                height: side,
+                width: side,
+                kernel: 3,
+                padding,
+            };
+            let x = integers(s.batch * s.in_image(), 1, 3);
+            let w = integers(out_channels * s.patch(), 2, 2);
+            let b = integers(out_channels, 3, 4);
+            assert_eq!(
+                forward(&s, &x, &w, &b, true),
+                forward(&s, &x, &w, &b, false)
+            );
+            let pooled = forward_pooled(&s, &x, &w, &b, false);
+            assert_eq!(forward_pooled(&s, &x, &w, &b, true), pooled);
+            let dy = integers(s.batch * s.out_image(), 4, 2);
+            assert_eq!(
+                backward(&s, &x, &w, &dy, true, true),
+                backward(&s, &x, &w, &dy, true, false)
+            );
+            let dy = integers(pooled.0.len(), 5, 2);
+            for need_dx in [true, false] {
+                assert_eq!(
+                    backward_pooled(&s, &x, &w, &dy, &pooled.1, need_dx, true),
+                    backward_pooled(&s, &x, &w, &dy, &pooled.1, need_dx, false)
+                );
+            }
+        }
+    }
+
+    /// On general values the tiles round each operand to bfloat16 and sum in `f32`: the result
+    /// is the `f32` path's on the rounded operands, up to the order of the sums.
+    #[test]
+    fn bfloat16_tiles_compute_the_products_of_the_rounded_operands() {
+        if !amx::available() {
+            eprintln!("no AMX tiles on this CPU: skipped");
+            return;
+        }
+        let s = ConvShape {
+            batch: 4,
+            in_channels: 32,
+            out_channels: 64,
+            height: 14,
+            width: 14,
+            kernel: 3,
+            padding: 1,
+        };
+        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        let rounded = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&v| f32::from_bits((amx::to_bf16(v) as u32) << 16))
+                .collect()
+        };
+        let (x, w, b) = (
+            wave(s.batch * s.in_image(), 0.37),
+            wave(64 * s.patch(), 0.91),
+            wave(64, 1.3),
+        );
+        let dy = wave(s.batch * s.out_image(), 0.53);
+        let (xr, wr, dyr) = (rounded(&x), rounded(&w), rounded(&dy));
+        assert_ne!(x, xr, "the test needs values that bfloat16 rounds");
+        let close = |name: &str, got: &[f32], want: &[f32]| {
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert!(worst <= 1e-5 * scale, "{name}: {worst} against {scale}");
+        };
+        let out = forward(&s, &x, &w, &b, true);
+        close("forward", &out, &forward(&s, &xr, &wr, &b, false));
+        let (dw, db, dx) = backward(&s, &x, &w, &dy, true, true);
+        let (dw_ref, _, dx_ref) = backward(&s, &xr, &wr, &dyr, true, false);
+        close("dweight", &dw, &dw_ref);
+        close("dbias", &db, &backward(&s, &x, &w, &dy, false, false).1);
+        close("dx", &dx.unwrap(), &dx_ref.unwrap());
+    }
+}

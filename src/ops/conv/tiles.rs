@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::{ConvShape, Patches, add_bias, col2im, pool_image};
 use crate::ops::add_partials;
-use crate::ops::amx::{self, pad};
+use crate::ops::amx::{self, Aligned, pad};
 
 /// [`super::forward`] in bfloat16 tiles.
 pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
@@ -121,12 +121,12 @@ fn bfloat16(x: &[f32]) -> Vec<u16> {
     out
 }
 
-type TileForwardScratch = (Patches<u16>, Vec<u16>, Vec<u32>, Vec<f32>);
+type TileForwardScratch = (Patches<u16>, Vec<u16>, Aligned<u32>, Aligned<f32>);
 
 /// The forward product in bfloat16 tiles: the weights `[out × patch]` as tile rows (padded to
 /// 16 × 32), and per-thread buffers for one image's patches (pair-interleaved) and output.
 struct TileForward {
-    weight: Vec<u16>,
+    weight: Aligned<u16>,
     /// Row stride of `weight`: the patch padded to 32.
     patch: usize,
     /// Output channels padded to 16.
@@ -138,7 +138,7 @@ struct TileForward {
 impl TileForward {
     fn new(s: &ConvShape, weight: &[f32]) -> Self {
         let (patch, out_channels) = (pad(s.patch(), 32), pad(s.out_channels, 16));
-        let mut tiles = vec![0u16; out_channels * patch];
+        let mut tiles = Aligned::zeroed(out_channels * patch);
         amx::convert_rows(
             weight,
             s.out_channels,
@@ -160,8 +160,8 @@ impl TileForward {
         (
             Patches::new(s),
             vec![0u16; self.patch * self.pixels],
-            vec![0u32; self.patch / 2 * self.pixels],
-            vec![0f32; self.out_channels * self.pixels],
+            Aligned::zeroed(self.patch / 2 * self.pixels),
+            Aligned::zeroed(self.out_channels * self.pixels),
         )
     }
 
@@ -197,7 +197,7 @@ impl TileForward {
 /// `dcols[P × N] = weightᵀ[P × out] · dconv[out × N]` (pairs along the channels).
 struct TileBackward {
     /// `weightᵀ` as tile rows: `[patch padded to 16 × out padded to 32]`.
-    weight_t: Vec<u16>,
+    weight_t: Aligned<u16>,
     patch: usize,
     out_channels: usize,
     /// Output channels padded to 32: the inner size of the `dx` product.
@@ -211,21 +211,19 @@ struct TileBackward {
 /// `dconv_t` (and `pairs`, when the input gradient is wanted).
 struct TileScratch {
     patches: Patches<u16>,
-    cols: Vec<u16>,
+    cols: Aligned<u16>,
     /// `dconvᵀ`, pairs along the pixels, rows `dconv_t_stride` apart.
-    dconv_t: Vec<u32>,
+    dconv_t: Aligned<u32>,
     dconv_t_stride: usize,
     /// `dconv`, pairs along the channels, with the row stride; none without an input gradient.
-    pairs: Option<(Vec<u32>, usize)>,
-    dw_t: Vec<f32>,
-    dcols: Vec<f32>,
+    pairs: Option<(Aligned<u32>, usize)>,
+    dw_t: Aligned<f32>,
+    dcols: Aligned<f32>,
 }
 
 impl TileScratch {
     fn dconv_pairs(&mut self) -> Option<(&mut [u32], usize)> {
-        self.pairs
-            .as_mut()
-            .map(|(p, stride)| (p.as_mut_slice(), *stride))
+        self.pairs.as_mut().map(|(p, stride)| (&mut **p, *stride))
     }
 }
 
@@ -236,7 +234,7 @@ impl TileBackward {
             pad(s.out_channels, 16),
             pad(s.out_channels, 32),
         );
-        let mut weight_t = vec![0u16; patch * out_k];
+        let mut weight_t = Aligned::zeroed(patch * out_k);
         for (o, row) in weight.chunks(s.patch()).enumerate() {
             for (q, &w) in row.iter().enumerate() {
                 weight_t[q * out_k + o] = amx::to_bf16(w);
@@ -255,12 +253,12 @@ impl TileBackward {
     fn scratch(&self, s: &ConvShape, need_dx: bool) -> TileScratch {
         TileScratch {
             patches: Patches::new(s),
-            cols: vec![0u16; self.patch * self.pixels_k],
-            dconv_t: vec![0u32; self.pixels_k / 2 * self.out_channels],
+            cols: Aligned::zeroed(self.patch * self.pixels_k),
+            dconv_t: Aligned::zeroed(self.pixels_k / 2 * self.out_channels),
             dconv_t_stride: self.out_channels,
-            pairs: need_dx.then(|| (vec![0u32; self.out_k / 2 * self.pixels], self.pixels)),
-            dw_t: vec![0f32; self.patch * self.out_channels],
-            dcols: vec![0f32; self.patch * self.pixels],
+            pairs: need_dx.then(|| (Aligned::zeroed(self.out_k / 2 * self.pixels), self.pixels)),
+            dw_t: Aligned::zeroed(self.patch * self.out_channels),
+            dcols: Aligned::zeroed(self.patch * self.pixels),
         }
     }
 

@@ -86,7 +86,7 @@ pub(super) fn backward_pooled(
     need_dx: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (pooled, o) = (s.pooled_pixels(), s.out_channels);
-    let (ow, w) = (s.out_width() / 2, s.out_width());
+    let (oh, ow, w) = (s.out_height() / 2, s.out_width() / 2, s.out_width());
     TileBackward::new(s, weight).run(s, x, need_dx, |i, b, db| {
         let t_stride = b.dconv_t_stride;
         b.dconv_t.fill(0);
@@ -99,13 +99,15 @@ pub(super) fn backward_pooled(
             let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
             let (dy_c, arg_c) = (&dy[at.clone()], &arg[at]);
             db[c] += dy_c.iter().sum::<f32>();
-            for (q, (&v, &k)) in dy_c.iter().zip(arg_c).enumerate() {
-                let (oy, ox, k) = (q / ow, q % ow, k as usize);
-                let pixel = (2 * oy + k / 2) * w + 2 * ox + k % 2;
-                let v = amx::to_bf16(v);
-                dconv_t[((pixel / 2) * t_stride + c) * 2 + pixel % 2] = v;
-                if let Some((pairs, stride)) = pairs.as_mut() {
-                    pairs[((c / 2) * *stride + pixel) * 2 + c % 2] = v;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (v, k) = (dy_c[oy * ow + ox], arg_c[oy * ow + ox] as usize);
+                    let pixel = (2 * oy + k / 2) * w + 2 * ox + k % 2;
+                    let v = amx::to_bf16(v);
+                    dconv_t[((pixel / 2) * t_stride + c) * 2 + pixel % 2] = v;
+                    if let Some((pairs, stride)) = pairs.as_mut() {
+                        pairs[((c / 2) * *stride + pixel) * 2 + c % 2] = v;
+                    }
                 }
             }
         }

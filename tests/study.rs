@@ -83,6 +83,25 @@ fn lists_expand_into_one_run_per_value_and_defaults_apply() {
 }
 
 #[test]
+fn matmul_precision_can_be_compared_from_any_preset() {
+    use fmnist::training::config::MatmulPrecision;
+    let study = parse(
+        "title = \"P\"\n[[group]]\nname = \"g\"\n[[group.run]]\nname = \"mlp\"\npreset = \"seed-mlp\"\nmatmul_precision = [\"highest\", \"medium\"]\n",
+    )
+    .unwrap();
+    let precisions: Vec<MatmulPrecision> =
+        study.runs().map(|r| r.config.matmul_precision).collect();
+    assert_eq!(
+        precisions,
+        [MatmulPrecision::Highest, MatmulPrecision::Medium]
+    );
+    let err = parse_err(
+        "title = \"P\"\n[[group]]\nname = \"g\"\n[[group.run]]\nname = \"x\"\nmatmul_precision = \"low\"\n",
+    );
+    assert!(err.contains("matmul_precision"), "{err}");
+}
+
+#[test]
 fn unknown_keys_and_wrong_types_name_the_key_and_line() {
     let msg =
         parse_err("[[group]]\nname = \"g\"\n[[group.run]]\nname = \"r\"\nactivaton = \"elu\"\n");

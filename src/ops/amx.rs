@@ -20,12 +20,6 @@ pub enum MatmulPrecision {
     Medium,
 }
 
-impl MatmulPrecision {
-    pub fn is_highest(&self) -> bool {
-        *self == MatmulPrecision::Highest
-    }
-}
-
 static MEDIUM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Sets the process-wide matmul precision (as `torch.set_float32_matmul_precision`).

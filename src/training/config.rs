@@ -142,8 +142,8 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     /// Precision of the convolutions' matrix products, as PyTorch's
     /// `set_float32_matmul_precision`: `highest` (f32) or `medium` (bfloat16 operands with f32
-    /// sums, on CPUs with AMX tiles; f32 elsewhere).
-    #[serde(skip_serializing_if = "MatmulPrecision::is_highest")]
+    /// sums, on CPUs with AMX tiles; f32 elsewhere). Configurations saved before this key existed
+    /// read as `highest`.
     pub matmul_precision: MatmulPrecision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
@@ -356,8 +356,10 @@ mod tests {
         let back = TrainConfig::from_toml(&c.to_toml(), "back")?;
         assert_eq!(back, c);
         assert_eq!(back.recipe(), TrainConfig::preset("seed-linear")?);
-        // The default precision is not written, so that earlier runs' recipes stay the same.
-        assert!(!c.to_toml().contains("matmul_precision"));
+        // A configuration saved before the precision existed reads as `highest`: the same recipe.
+        let older = c.to_toml().replace("matmul_precision = \"highest\"\n", "");
+        assert!(!older.contains("matmul_precision"));
+        assert_eq!(TrainConfig::from_toml(&older, "older")?, c);
         c.matmul_precision = MatmulPrecision::Medium;
         assert!(c.to_toml().contains("matmul_precision = \"medium\""));
         assert_eq!(TrainConfig::from_toml(&c.to_toml(), "back")?, c);

@@ -70,7 +70,8 @@ fn detect() -> bool {
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+    // Wrapping: only NaNs come near the top, and they take the other branch.
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
     (if nan { (bits >> 16) | 0x40 } else { rounded }) as u16
 }
@@ -468,6 +469,7 @@ mod tests {
         assert_eq!(bf16_value(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
         assert_eq!(bf16_value(to_bf16(-2.5)), -2.5);
         assert!(bf16_value(to_bf16(f32::NAN)).is_nan());
+        assert!(bf16_value(to_bf16(f32::from_bits(u32::MAX))).is_nan());
         assert_eq!(bf16_value(to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 

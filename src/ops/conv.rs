@@ -3,6 +3,8 @@
 //! (weight, bias and input gradients). At the `medium` matmul precision, on CPUs with AMX tiles,
 //! the three products of each image run in bfloat16 with `f32` sums instead (`tiles`, on [`super::amx`]).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 mod tiles;
@@ -210,15 +212,47 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: boo
     if bf16 {
         return tiles::forward(s, x, weight, bias);
     }
+    each_image(
+        s,
+        x,
+        || (Patches::new(s), vec![0f32; s.patch() * s.out_pixels()]),
+        |scratch, x_i, out_i| conv_image(s, x_i, weight, bias, scratch, out_i),
+    )
+}
+
+/// Runs `image(scratch, x_i, out_i)` for every image of the batch in parallel, `scratch` made
+/// once per worker, into `[batch, out, oh, ow]`.
+fn each_image<T: Sync, S>(
+    s: &ConvShape,
+    x: &[T],
+    scratch: impl Fn() -> S + Sync + Send,
+    image: impl Fn(&mut S, &[T], &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut out = vec![0f32; s.batch * s.out_image()];
-    let pixels = s.out_pixels();
     out.par_chunks_mut(s.out_image())
         .zip(x.par_chunks(s.in_image()))
-        .for_each_init(
-            || (Patches::new(s), vec![0f32; s.patch() * pixels]),
-            |scratch, (out_i, x_i)| conv_image(s, x_i, weight, bias, scratch, out_i),
-        );
+        .for_each_init(scratch, |scratch, (out_i, x_i)| image(scratch, x_i, out_i));
     out
+}
+
+/// As [`each_image`] for a convolution with 2x2 max pooling: `image(scratch, x_i, out_i, arg_i)`
+/// writes the pooled values and argmax codes of one image.
+fn each_pooled_image<T: Sync, S>(
+    s: &ConvShape,
+    x: &[T],
+    scratch: impl Fn() -> S + Sync + Send,
+    image: impl Fn(&mut S, &[T], &mut [f32], &mut [u8]) + Sync + Send,
+) -> (Vec<f32>, Vec<u8>) {
+    let per_image = s.out_channels * s.pooled_pixels();
+    let mut out = vec![0f32; s.batch * per_image];
+    let mut arg = vec![0u8; s.batch * per_image];
+    out.par_chunks_mut(per_image)
+        .zip(arg.par_chunks_mut(per_image))
+        .zip(x.par_chunks(s.in_image()))
+        .for_each_init(scratch, |scratch, ((out_i, arg_i), x_i)| {
+            image(scratch, x_i, out_i, arg_i)
+        });
+    (out, arg)
 }
 
 /// Convolution followed by 2x2 max pooling, fused: each image's convolution output stays in a
@@ -234,25 +268,21 @@ pub fn forward_pooled(
     if bf16 {
         return tiles::forward_pooled(s, x, weight, bias);
     }
-    let (pixels, pooled) = (s.out_pixels(), s.pooled_pixels());
-    let mut out = vec![0f32; s.batch * s.out_channels * pooled];
-    let mut arg = vec![0u8; s.batch * s.out_channels * pooled];
-    out.par_chunks_mut(s.out_channels * pooled)
-        .zip(arg.par_chunks_mut(s.out_channels * pooled))
-        .zip(x.par_chunks(s.in_image()))
-        .for_each_init(
-            || {
-                (
-                    (Patches::new(s), vec![0f32; s.patch() * pixels]),
-                    vec![0f32; s.out_channels * pixels],
-                )
-            },
-            |(scratch, conv), ((out_i, arg_i), x_i)| {
-                conv_image(s, x_i, weight, bias, scratch, conv);
-                pool_image(s, conv, pixels, out_i, arg_i);
-            },
-        );
-    (out, arg)
+    let pixels = s.out_pixels();
+    each_pooled_image(
+        s,
+        x,
+        || {
+            (
+                (Patches::new(s), vec![0f32; s.patch() * pixels]),
+                vec![0f32; s.out_channels * pixels],
+            )
+        },
+        |(scratch, conv), x_i, out_i, arg_i| {
+            conv_image(s, x_i, weight, bias, scratch, conv);
+            pool_image(s, conv, pixels, out_i, arg_i);
+        },
+    )
 }
 
 /// Gradients of [`forward`] given the output gradient `dy`: `(dweight, dbias, dx)`, the input
@@ -316,6 +346,67 @@ fn backward_with(
     dconv_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
+    per_task(s, need_dx, |images, mut dx_chunk| {
+        let mut dw = vec![0f32; o * patch];
+        let mut db = vec![0f32; o];
+        let mut cols = vec![0f32; patch * pixels];
+        let mut patches = Patches::new(s);
+        let mut dconv = vec![0f32; o * pixels];
+        for i in images.clone() {
+            dconv_of(i, &mut dconv);
+            for (c, row) in dconv.chunks(pixels).enumerate() {
+                db[c] += row.iter().sum::<f32>();
+            }
+            let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+            patches.im2col(s, x_i, &mut cols, pixels);
+            // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ
+            matmul(
+                o,
+                patch,
+                pixels,
+                &mut dw,
+                true,
+                &dconv,
+                (pixels as isize, 1),
+                &cols,
+                (1, pixels as isize),
+                false,
+            );
+            if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+                // cols[patch×pixels] = weight[o×patch]ᵀ · dconv[o×pixels], then back to the image.
+                matmul(
+                    patch,
+                    pixels,
+                    o,
+                    &mut cols,
+                    false,
+                    weight,
+                    (1, patch as isize),
+                    &dconv,
+                    (pixels as isize, 1),
+                    false,
+                );
+                let local = i - images.start;
+                col2im(
+                    s,
+                    &cols,
+                    pixels,
+                    &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
+                );
+            }
+        }
+        (dw, db)
+    })
+}
+
+/// Splits the batch into one task per worker thread: `task(images, dx_chunk)` handles a range of
+/// images, writes their input gradients into `dx_chunk` (when `need_dx`; the range's images
+/// from its start) and returns its partial `(dweight, dbias)`, summed here in task order.
+fn per_task(
+    s: &ConvShape,
+    need_dx: bool,
+    task: impl Fn(Range<usize>, Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) + Sync,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
     let per_task = s.batch.div_ceil(tasks);
     let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
@@ -326,59 +417,9 @@ fn backward_with(
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()
         .enumerate()
-        .map(|(t, mut dx_chunk)| {
-            let mut dw = vec![0f32; o * patch];
-            let mut db = vec![0f32; o];
-            let mut cols = vec![0f32; patch * pixels];
-            let mut patches = Patches::new(s);
-            let mut dconv = vec![0f32; o * pixels];
-            for i in t * per_task..((t + 1) * per_task).min(s.batch) {
-                dconv_of(i, &mut dconv);
-                for (c, row) in dconv.chunks(pixels).enumerate() {
-                    db[c] += row.iter().sum::<f32>();
-                }
-                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                patches.im2col(s, x_i, &mut cols, pixels);
-                // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ
-                matmul(
-                    o,
-                    patch,
-                    pixels,
-                    &mut dw,
-                    true,
-                    &dconv,
-                    (pixels as isize, 1),
-                    &cols,
-                    (1, pixels as isize),
-                    false,
-                );
-                if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                    // cols[patch×pixels] = weight[o×patch]ᵀ · dconv[o×pixels], then back to the image.
-                    matmul(
-                        patch,
-                        pixels,
-                        o,
-                        &mut cols,
-                        false,
-                        weight,
-                        (1, patch as isize),
-                        &dconv,
-                        (pixels as isize, 1),
-                        false,
-                    );
-                    let local = i - t * per_task;
-                    col2im(
-                        s,
-                        &cols,
-                        pixels,
-                        &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
-                    );
-                }
-            }
-            (dw, db)
-        })
+        .map(|(t, dx_chunk)| task(t * per_task..((t + 1) * per_task).min(s.batch), dx_chunk))
         .collect();
     let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-    let (dw, db) = (add_partials(dw, o * patch), add_partials(db, o));
-    (dw, db, dx)
+    let lengths = (s.out_channels * s.patch(), s.out_channels);
+    (add_partials(dw, lengths.0), add_partials(db, lengths.1), dx)
 }

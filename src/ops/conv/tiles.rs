@@ -5,28 +5,26 @@
 
 use rayon::prelude::*;
 
-use super::{ConvShape, Patches, add_bias, col2im, pool_image};
-use crate::ops::add_partials;
+use super::{
+    ConvShape, Patches, add_bias, col2im, each_image, each_pooled_image, per_task, pool_image,
+};
 use crate::ops::amx::{self, Aligned, pad};
 
 /// [`super::forward`] in bfloat16 tiles.
 pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let pixels = s.out_pixels();
-    let mut out = vec![0f32; s.batch * s.out_image()];
     let tiles = TileForward::new(s, weight);
-    let x = bfloat16(x);
-    out.par_chunks_mut(s.out_image())
-        .zip(x.par_chunks(s.in_image()))
-        .for_each_init(
-            || tiles.scratch(s),
-            |scratch, (out_i, x_i)| {
-                tiles.image(s, x_i, bias, scratch);
-                for (o, row) in out_i.chunks_mut(pixels).enumerate() {
-                    row.copy_from_slice(&scratch.3[o * tiles.pixels..][..pixels]);
-                }
-            },
-        );
-    out
+    each_image(
+        s,
+        &bfloat16(x),
+        || tiles.scratch(s),
+        |scratch, x_i, out_i| {
+            tiles.image(s, x_i, bias, scratch);
+            for (o, row) in out_i.chunks_mut(pixels).enumerate() {
+                row.copy_from_slice(&scratch.3[o * tiles.pixels..][..pixels]);
+            }
+        },
+    )
 }
 
 /// [`super::forward_pooled`] in bfloat16 tiles.
@@ -36,22 +34,16 @@ pub(super) fn forward_pooled(
     weight: &[f32],
     bias: &[f32],
 ) -> (Vec<f32>, Vec<u8>) {
-    let pooled = s.pooled_pixels();
-    let mut out = vec![0f32; s.batch * s.out_channels * pooled];
-    let mut arg = vec![0u8; s.batch * s.out_channels * pooled];
     let tiles = TileForward::new(s, weight);
-    let x = bfloat16(x);
-    out.par_chunks_mut(s.out_channels * pooled)
-        .zip(arg.par_chunks_mut(s.out_channels * pooled))
-        .zip(x.par_chunks(s.in_image()))
-        .for_each_init(
-            || tiles.scratch(s),
-            |scratch, ((out_i, arg_i), x_i)| {
-                tiles.image(s, x_i, bias, scratch);
-                pool_image(s, &scratch.3, tiles.pixels, out_i, arg_i);
-            },
-        );
-    (out, arg)
+    each_pooled_image(
+        s,
+        &bfloat16(x),
+        || tiles.scratch(s),
+        |scratch, x_i, out_i, arg_i| {
+            tiles.image(s, x_i, bias, scratch);
+            pool_image(s, &scratch.3, tiles.pixels, out_i, arg_i);
+        },
+    )
 }
 
 /// [`super::backward`] in bfloat16 tiles.
@@ -274,71 +266,58 @@ impl TileBackward {
         fill: impl Fn(usize, &mut TileScratch, &mut [f32]) + Sync,
     ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let (patch, o) = (s.patch(), s.out_channels);
-        let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
-        let per_task = s.batch.div_ceil(tasks);
-        let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
-        let dx_chunks: Vec<Option<&mut [f32]>> = match &mut dx {
-            Some(dx) => dx.chunks_mut(per_task * s.in_image()).map(Some).collect(),
-            None => (0..tasks).map(|_| None).collect(),
-        };
         let x = bfloat16(x);
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
-            .into_par_iter()
-            .enumerate()
-            .map(|(t, mut dx_chunk)| {
-                let mut b = self.scratch(s, need_dx);
-                let mut db = vec![0f32; o];
-                for i in t * per_task..((t + 1) * per_task).min(s.batch) {
-                    fill(i, &mut b, &mut db);
-                    let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                    b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
+        per_task(s, need_dx, |images, mut dx_chunk| {
+            let mut b = self.scratch(s, need_dx);
+            let mut db = vec![0f32; o];
+            for i in images.clone() {
+                fill(i, &mut b, &mut db);
+                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
+                amx::gemm(
+                    self.patch,
+                    self.out_channels,
+                    self.pixels_k,
+                    &b.cols,
+                    self.pixels_k,
+                    &b.dconv_t,
+                    b.dconv_t_stride,
+                    &mut b.dw_t,
+                    self.out_channels,
+                    true,
+                );
+                if let (Some(dx_chunk), Some((pairs, stride))) =
+                    (dx_chunk.as_deref_mut(), b.pairs.as_ref())
+                {
                     amx::gemm(
                         self.patch,
-                        self.out_channels,
-                        self.pixels_k,
-                        &b.cols,
-                        self.pixels_k,
-                        &b.dconv_t,
-                        b.dconv_t_stride,
-                        &mut b.dw_t,
-                        self.out_channels,
-                        true,
+                        self.pixels,
+                        self.out_k,
+                        &self.weight_t,
+                        self.out_k,
+                        pairs,
+                        *stride,
+                        &mut b.dcols,
+                        self.pixels,
+                        false,
                     );
-                    if let (Some(dx_chunk), Some((pairs, stride))) =
-                        (dx_chunk.as_deref_mut(), b.pairs.as_ref())
-                    {
-                        amx::gemm(
-                            self.patch,
-                            self.pixels,
-                            self.out_k,
-                            &self.weight_t,
-                            self.out_k,
-                            pairs,
-                            *stride,
-                            &mut b.dcols,
-                            self.pixels,
-                            false,
-                        );
-                        let local = i - t * per_task;
-                        col2im(
-                            s,
-                            &b.dcols,
-                            self.pixels,
-                            &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
-                        );
-                    }
+                    let local = i - images.start;
+                    col2im(
+                        s,
+                        &b.dcols,
+                        self.pixels,
+                        &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
+                    );
                 }
-                let mut dw = vec![0f32; o * patch];
-                for (q, row) in b.dw_t.chunks(self.out_channels).take(patch).enumerate() {
-                    for (c, &v) in row[..o].iter().enumerate() {
-                        dw[c * patch + q] = v;
-                    }
+            }
+            let mut dw = vec![0f32; o * patch];
+            for (q, row) in b.dw_t.chunks(self.out_channels).take(patch).enumerate() {
+                for (c, &v) in row[..o].iter().enumerate() {
+                    dw[c * patch + q] = v;
                 }
-                (dw, db)
-            })
-            .collect();
-        let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-        (add_partials(dw, o * patch), add_partials(db, o), dx)
+            }
+            (dw, db)
+        })
     }
 }
 

@@ -294,7 +294,16 @@ mod tiles {
         ldc: usize,
         accumulate: bool,
     ) {
-        let (sa, sb, sc) = (lda * 2, ldb * 4, ldc * 4);
+        let p = Product {
+            k,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+            accumulate,
+        };
         unsafe {
             // The configuration stays loaded on this thread between products: loading it again
             // (after `tilerelease`) costs more than a small product.
@@ -305,130 +314,122 @@ mod tiles {
             }
             let mut i = 0;
             while i < m {
+                let rows = if m - i >= 32 { 2 } else { 1 };
                 let mut j = 0;
                 while j < n {
-                    if m - i >= 32 && n - j >= 32 {
-                        block2x2(
-                            k,
-                            a.add(i * lda),
-                            sa,
-                            b.add(j),
-                            ldb,
-                            sb,
-                            c.add(i * ldc + j),
-                            sc,
-                            accumulate,
-                        );
+                    if rows == 2 && n - j >= 32 {
+                        p.block2x2(i, j);
                         j += 32;
                     } else {
-                        let rows = if m - i >= 32 { 2 } else { 1 };
                         for r in 0..rows {
-                            block1x1(
-                                k,
-                                a.add((i + 16 * r) * lda),
-                                sa,
-                                b.add(j),
-                                ldb,
-                                sb,
-                                c.add((i + 16 * r) * ldc + j),
-                                sc,
-                                accumulate,
-                            );
+                            p.block1x1(i + 16 * r, j);
                         }
                         j += 16;
                     }
                 }
-                i += if m - i >= 32 { 32 } else { 16 };
+                i += 16 * rows;
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn block2x2(
+    /// The operands of one product (see [`super::gemm`]); strides in elements.
+    struct Product {
         k: usize,
         a: *const u16,
-        sa: usize,
+        lda: usize,
         b: *const u32,
         ldb: usize,
-        sb: usize,
         c: *mut f32,
-        sc: usize,
+        ldc: usize,
         accumulate: bool,
-    ) {
-        unsafe {
-            let (c1, c2) = (c.add(16), c.byte_add(16 * sc));
-            let c3 = c2.add(16);
-            if accumulate {
+    }
+
+    impl Product {
+        /// Row strides in bytes, as the tile instructions take them: `(a, b, c)`.
+        #[inline(always)]
+        fn strides(&self) -> (usize, usize, usize) {
+            (self.lda * 2, self.ldb * 4, self.ldc * 4)
+        }
+
+        /// `c[i..i+32][j..j+32]` (+)= `a[i..i+32] · b[..][j..j+32]`.
+        #[inline(always)]
+        unsafe fn block2x2(&self, i: usize, j: usize) {
+            let (sa, sb, sc) = self.strides();
+            unsafe {
+                let (a, b, c) = (
+                    self.a.add(i * self.lda),
+                    self.b.add(j),
+                    self.c.add(i * self.ldc + j),
+                );
+                let (c1, c2) = (c.add(16), c.byte_add(16 * sc));
+                let c3 = c2.add(16);
+                if self.accumulate {
+                    asm!(
+                        "tileloadd tmm0, [{c0} + {s}*1]",
+                        "tileloadd tmm1, [{c1} + {s}*1]",
+                        "tileloadd tmm2, [{c2} + {s}*1]",
+                        "tileloadd tmm3, [{c3} + {s}*1]",
+                        c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) sc,
+                    );
+                } else {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3"
+                    );
+                }
+                let a1 = a.byte_add(16 * sa);
+                for kk in (0..self.k).step_by(32) {
+                    let bk = b.add(kk / 2 * self.ldb);
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a.add(kk), a1 = in(reg) a1.add(kk), sa = in(reg) sa,
+                        b0 = in(reg) bk, b1 = in(reg) bk.add(16), sb = in(reg) sb,
+                    );
+                }
                 asm!(
-                    "tileloadd tmm0, [{c0} + {s}*1]",
-                    "tileloadd tmm1, [{c1} + {s}*1]",
-                    "tileloadd tmm2, [{c2} + {s}*1]",
-                    "tileloadd tmm3, [{c3} + {s}*1]",
+                    "tilestored [{c0} + {s}*1], tmm0",
+                    "tilestored [{c1} + {s}*1], tmm1",
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
                     c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) sc,
                 );
-            } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3"
-                );
             }
-            let a1 = a.byte_add(16 * sa);
-            for kk in (0..k).step_by(32) {
-                let bk = b.add(kk / 2 * ldb);
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(kk), a1 = in(reg) a1.add(kk), sa = in(reg) sa,
-                    b0 = in(reg) bk, b1 = in(reg) bk.add(16), sb = in(reg) sb,
-                );
-            }
-            asm!(
-                "tilestored [{c0} + {s}*1], tmm0",
-                "tilestored [{c1} + {s}*1], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c3} + {s}*1], tmm3",
-                c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, s = in(reg) sc,
-            );
         }
-    }
 
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn block1x1(
-        k: usize,
-        a: *const u16,
-        sa: usize,
-        b: *const u32,
-        ldb: usize,
-        sb: usize,
-        c: *mut f32,
-        sc: usize,
-        accumulate: bool,
-    ) {
-        unsafe {
-            if accumulate {
-                asm!("tileloadd tmm0, [{c} + {s}*1]", c = in(reg) c, s = in(reg) sc);
-            } else {
-                asm!("tilezero tmm0");
-            }
-            for kk in (0..k).step_by(32) {
-                asm!(
-                    "tileloadd tmm4, [{a} + {sa}*1]",
-                    "tileloadd tmm6, [{b} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    a = in(reg) a.add(kk), sa = in(reg) sa, b = in(reg) b.add(kk / 2 * ldb), sb = in(reg) sb,
+        /// `c[i..i+16][j..j+16]` (+)= `a[i..i+16] · b[..][j..j+16]`.
+        #[inline(always)]
+        unsafe fn block1x1(&self, i: usize, j: usize) {
+            let (sa, sb, sc) = self.strides();
+            unsafe {
+                let (a, b, c) = (
+                    self.a.add(i * self.lda),
+                    self.b.add(j),
+                    self.c.add(i * self.ldc + j),
                 );
+                if self.accumulate {
+                    asm!("tileloadd tmm0, [{c} + {s}*1]", c = in(reg) c, s = in(reg) sc);
+                } else {
+                    asm!("tilezero tmm0");
+                }
+                for kk in (0..self.k).step_by(32) {
+                    asm!(
+                        "tileloadd tmm4, [{a} + {sa}*1]",
+                        "tileloadd tmm6, [{b} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        a = in(reg) a.add(kk), sa = in(reg) sa, b = in(reg) b.add(kk / 2 * self.ldb), sb = in(reg) sb,
+                    );
+                }
+                asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c, s = in(reg) sc);
             }
-            asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c, s = in(reg) sc);
         }
     }
 }

@@ -259,51 +259,39 @@ pub fn gemm(
     assert!(c.len() >= (m - 1) * ldc + n, "c too short");
     // SAFETY: the asserts above keep every tile row inside its slice: a tile reads 16 rows of
     // 64 bytes at the given strides starting at offsets within the padded sizes.
-    unsafe {
-        tiles::product(
-            m,
-            n,
-            k,
-            a.as_ptr(),
-            lda,
-            b.as_ptr(),
-            ldb,
-            c.as_mut_ptr(),
-            ldc,
-            accumulate,
-        )
-    }
+    let product = Product {
+        k,
+        a: a.as_ptr(),
+        lda,
+        b: b.as_ptr(),
+        ldb,
+        c: c.as_mut_ptr(),
+        ldc,
+        accumulate,
+    };
+    unsafe { tiles::product(m, n, &product) }
+}
+
+/// The operands of one product (see [`gemm`]); strides in elements.
+struct Product {
+    k: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
 mod tiles {
+    use super::Product;
     use std::arch::asm;
 
     /// Tiles 0-3 hold a 32×32 block of `c`, 4-5 two row blocks of `a`, 6-7 two column blocks of
     /// `b`; a lone 16×16 block uses tiles 0, 4 and 6.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const u16,
-        lda: usize,
-        b: *const u32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let p = Product {
-            k,
-            a,
-            lda,
-            b,
-            ldb,
-            c,
-            ldc,
-            accumulate,
-        };
+    pub(super) unsafe fn product(m: usize, n: usize, p: &Product) {
         unsafe {
             // The configuration stays loaded on this thread between products: loading it again
             // (after `tilerelease`) costs more than a small product.
@@ -330,18 +318,6 @@ mod tiles {
                 i += 16 * rows;
             }
         }
-    }
-
-    /// The operands of one product (see [`super::gemm`]); strides in elements.
-    struct Product {
-        k: usize,
-        a: *const u16,
-        lda: usize,
-        b: *const u32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
     }
 
     impl Product {
@@ -436,19 +412,7 @@ mod tiles {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod tiles {
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product(
-        _: usize,
-        _: usize,
-        _: usize,
-        _: *const u16,
-        _: usize,
-        _: *const u32,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-        _: bool,
-    ) {
+    pub(super) unsafe fn product(_: usize, _: usize, _: &super::Product) {
         unreachable!("AMX tiles exist only on x86-64")
     }
 }

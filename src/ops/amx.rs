@@ -327,16 +327,25 @@ mod tiles {
             (self.lda * 2, self.ldb * 4, self.ldc * 4)
         }
 
+        /// Where the block at row `i`, column `j` of `c` starts in each operand.
+        #[inline(always)]
+        unsafe fn corner(&self, i: usize, j: usize) -> (*const u16, *const u32, *mut f32) {
+            // SAFETY: `gemm` checked that the padded sizes lie within the operands.
+            unsafe {
+                (
+                    self.a.add(i * self.lda),
+                    self.b.add(j),
+                    self.c.add(i * self.ldc + j),
+                )
+            }
+        }
+
         /// `c[i..i+32][j..j+32]` (+)= `a[i..i+32] · b[..][j..j+32]`.
         #[inline(always)]
         unsafe fn block2x2(&self, i: usize, j: usize) {
             let (sa, sb, sc) = self.strides();
             unsafe {
-                let (a, b, c) = (
-                    self.a.add(i * self.lda),
-                    self.b.add(j),
-                    self.c.add(i * self.ldc + j),
-                );
+                let (a, b, c) = self.corner(i, j);
                 let (c1, c2) = (c.add(16), c.byte_add(16 * sc));
                 let c3 = c2.add(16);
                 if self.accumulate {
@@ -386,11 +395,7 @@ mod tiles {
         unsafe fn block1x1(&self, i: usize, j: usize) {
             let (sa, sb, sc) = self.strides();
             unsafe {
-                let (a, b, c) = (
-                    self.a.add(i * self.lda),
-                    self.b.add(j),
-                    self.c.add(i * self.ldc + j),
-                );
+                let (a, b, c) = self.corner(i, j);
                 if self.accumulate {
                     asm!("tileloadd tmm0, [{c} + {s}*1]", c = in(reg) c, s = in(reg) sc);
                 } else {

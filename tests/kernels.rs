@@ -315,21 +315,28 @@ fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
         }
         let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.5, 2.0), &device)
             .require_grad();
-        let fast = ops::batch_norm(&fast_layer, x.clone());
-        let reference = reference_layer.forward(x.clone());
+        // With ReLU fused in, and without; the statistics below are those of the second pass.
+        for relu in [true, false] {
+            let fast = ops::batch_norm(&fast_layer, x.clone(), relu);
+            let mut reference = reference_layer.forward(x.clone());
+            if relu {
+                reference = burn::tensor::activation::relu(reference);
+            }
+            let tag = format!("batch norm {n}x{c}x{h}x{w}, relu {relu}");
+            assert_layer_matches(
+                &tag,
+                fast,
+                reference,
+                (1e-5, 1e-4),
+                &[
+                    ("dx", &|g| grad4(&x, g)),
+                    // Both layers hold the same gamma and beta tensors, so one read serves both.
+                    ("dgamma", &|g| grad1(&fast_layer.gamma.val(), g)),
+                    ("dbeta", &|g| grad1(&fast_layer.beta.val(), g)),
+                ],
+            );
+        }
         let tag = format!("batch norm {n}x{c}x{h}x{w}");
-        assert_layer_matches(
-            &tag,
-            fast,
-            reference,
-            (1e-5, 1e-4),
-            &[
-                ("dx", &|g| grad4(&x, g)),
-                // Both layers hold the same gamma and beta tensors, so one read serves both.
-                ("dgamma", &|g| grad1(&fast_layer.gamma.val(), g)),
-                ("dbeta", &|g| grad1(&fast_layer.beta.val(), g)),
-            ],
-        );
         for (name, fast_state, ref_state) in [
             (
                 "running mean",
@@ -353,9 +360,49 @@ fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
         let x = x.inner();
         assert_close(
             &format!("{tag} inference"),
-            ops::batch_norm(&fast_layer.valid(), x.clone()),
-            reference_layer.valid().forward(x),
+            ops::batch_norm(&fast_layer.valid(), x.clone(), false),
+            reference_layer.valid().forward(x.clone()),
+            1e-5,
+        );
+        assert_close(
+            &format!("{tag} inference with relu"),
+            ops::batch_norm(&fast_layer.valid(), x.clone(), true),
+            burn::tensor::activation::relu(reference_layer.valid().forward(x)),
             1e-5,
         );
     }
+}
+
+#[test]
+fn relu_and_residual_relu_match_burn_bit_for_bit() {
+    let device = Device::flex().autodiff();
+    device.seed(31);
+    // Large enough to be split over the threads.
+    let shape = [16, 8, 28, 28];
+    let a = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let b = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let relu = burn::tensor::activation::relu;
+    assert_layer_matches(
+        "relu",
+        ops::relu(a.clone()),
+        relu(a.clone()),
+        (0.0, 0.0),
+        &[("dx", &|g| grad4(&a, g))],
+    );
+    assert_layer_matches(
+        "add_relu",
+        ops::add_relu(a.clone(), b.clone()),
+        relu(a.clone() + b.clone()),
+        (0.0, 0.0),
+        &[("da", &|g| grad4(&a, g)), ("db", &|g| grad4(&b, g))],
+    );
+    // Only one operand tracked (a shortcut without parameters before it, say).
+    let frozen = b.clone().detach();
+    assert_layer_matches(
+        "add_relu, one operand tracked",
+        ops::add_relu(a.clone(), frozen.clone()),
+        relu(a.clone() + frozen),
+        (0.0, 0.0),
+        &[("da", &|g| grad4(&a, g))],
+    );
 }

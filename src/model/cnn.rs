@@ -4,7 +4,6 @@
 use burn::module::Param;
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::mlp::dense;
 use super::summary::{LayerRow, Summary};
@@ -80,7 +79,7 @@ impl ConvBlock {
     fn linear(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.conv.forward(x);
         match &self.norm {
-            Some(norm) => ops::batch_norm(norm, x),
+            Some(norm) => ops::batch_norm(norm, x, false),
             None => x,
         }
     }
@@ -88,7 +87,11 @@ impl ConvBlock {
     /// # Shapes
     ///   - x: `[batch, in, h, w]` -> `[batch, out, h', w']`
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.linear(x))
+        let x = self.conv.forward(x);
+        match &self.norm {
+            Some(norm) => ops::batch_norm(norm, x, true),
+            None => ops::relu(x),
+        }
     }
 
     /// The block followed by 2x2 max pooling; ReLU commutes with max pooling, so it is applied to
@@ -99,8 +102,8 @@ impl ConvBlock {
     ///   - x: `[batch, in, h, w]` -> `[batch, out, h'/2, w'/2]`
     fn forward_pooled(&self, x: Tensor<4>) -> Tensor<4> {
         match &self.norm {
-            None => relu(self.conv.forward_pooled(x)),
-            Some(_) => relu(ops::max_pool2x2(self.linear(x))),
+            None => ops::relu(self.conv.forward_pooled(x)),
+            Some(_) => ops::relu(ops::max_pool2x2(self.linear(x))),
         }
     }
 }
@@ -184,7 +187,7 @@ impl ConvNet {
         }
         let mut x: Tensor<2> = x.flatten(1, 3); // [batch, c * h * w]
         if let Some(hidden) = &self.hidden {
-            x = relu(hidden.forward(x));
+            x = ops::relu(hidden.forward(x));
         }
         self.output.forward(self.dropout.forward(x)) // [batch, 10]
     }
@@ -273,7 +276,7 @@ impl Residual {
             Some(p) => p.forward(x.clone()),
             None => x.clone(),
         };
-        relu(self.second.linear(self.first.forward(x)) + shortcut)
+        ops::add_relu(self.second.linear(self.first.forward(x)), shortcut)
     }
 }
 

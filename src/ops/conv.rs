@@ -123,10 +123,9 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// The adjoint of [`Patches::im2col`]: accumulates `cols` (rows `stride` apart) back into the image
-/// gradient `dx` (zeroed here).
+/// The adjoint of [`Patches::im2col`]: accumulates `cols` (rows `stride` apart) into the image
+/// gradient `dx`, which holds zeros (as [`per_task`] makes it).
 fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
-    dx.fill(0.0);
     let (k, p) = (s.kernel, s.padding as isize);
     let (oh, ow) = (s.out_height(), s.out_width());
     for c in 0..s.in_channels {

@@ -3,7 +3,11 @@
 //! and channel axes (a full copy) for every reduction; here each channel's planes are read in
 //! place, channels spread over rayon's threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use super::written;
 
 /// Shapes of one batch normalisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +48,8 @@ fn statistics(s: &NormShape, x: &[f32]) -> Vec<(f32, f32)> {
         .collect()
 }
 
-/// `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the given per-channel statistics.
+/// `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the given per-channel statistics,
+/// then ReLU when `relu`.
 pub fn normalize(
     s: &NormShape,
     x: &[f32],
@@ -52,40 +57,52 @@ pub fn normalize(
     beta: &[f32],
     stats: &[(f32, f32)],
     epsilon: f64,
+    relu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(s.plane)
-        .zip(x.par_chunks(s.plane))
-        .enumerate()
-        .for_each(|(p, (y, x))| {
-            let c = p % s.channels;
-            let (mean, var) = stats[c];
-            let scale = gamma[c] / (var as f64 + epsilon).sqrt() as f32;
-            let shift = beta[c] - mean * scale;
-            y.iter_mut()
-                .zip(x)
-                .for_each(|(y, &x)| *y = x * scale + shift);
-        });
-    y
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(s.plane)
+            .zip(x.par_chunks(s.plane))
+            .enumerate()
+            .for_each(|(p, (y, x))| {
+                let c = p % s.channels;
+                let (mean, var) = stats[c];
+                let scale = gamma[c] / (var as f64 + epsilon).sqrt() as f32;
+                let shift = beta[c] - mean * scale;
+                if relu {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(super::relu::relu(x * scale + shift));
+                    });
+                } else {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(x * scale + shift);
+                    });
+                }
+            })
+    };
+    // SAFETY: the planes of `x` and `y` match one for one, and each value of each plane is written.
+    unsafe { written(x.len(), fill) }
 }
 
-/// Forward: [`normalize`] with the batch's per-channel mean and biased variance, which are
-/// returned too.
+/// Forward: [`normalize`] (then ReLU when `relu`) with the batch's per-channel mean and biased
+/// variance, which are returned too.
 pub fn forward(
     s: &NormShape,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     epsilon: f64,
+    relu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let stats = statistics(s, x);
-    let y = normalize(s, x, gamma, beta, &stats, epsilon);
+    let y = normalize(s, x, gamma, beta, &stats, epsilon, relu);
     let (mean, var) = stats.into_iter().unzip();
     (y, mean, var)
 }
 
 /// Backward of [`forward`]: `(dx, dgamma, dbeta)` from the output gradient `dy` and the input,
-/// `gamma` and the statistics the forward pass returned.
+/// `gamma` and the statistics the forward pass returned; `relu_out` is the forward's output when
+/// ReLU was fused (the gradient flows where it is positive).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     s: &NormShape,
     x: &[f32],
@@ -94,7 +111,28 @@ pub fn backward(
     var: &[f32],
     epsilon: f64,
     dy: &[f32],
+    relu_out: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match relu_out {
+        Some(y) => gradients::<true>(s, x, gamma, mean, var, epsilon, dy, y),
+        None => gradients::<false>(s, x, gamma, mean, var, epsilon, dy, dy),
+    }
+}
+
+/// [`backward`] with the gradient gated by the ReLU output `y` when `RELU` (`y` is ignored
+/// otherwise).
+#[allow(clippy::too_many_arguments)]
+fn gradients<const RELU: bool>(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+    dy: &[f32],
+    y: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let gate = |y: f32, g: f32| if RELU { super::relu::gate(y, g) } else { g };
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
@@ -105,33 +143,42 @@ pub fn backward(
         .map(|c| {
             let (m, r) = (mean[c], inv_std[c]);
             let (mut dbeta, mut dgamma) = (0f64, 0f64);
-            for (xp, gp) in s.planes(x, c).zip(s.planes(dy, c)) {
-                dbeta += gp.iter().sum::<f32>() as f64;
+            for ((xp, gp), yp) in s.planes(x, c).zip(s.planes(dy, c)).zip(s.planes(y, c)) {
+                dbeta += gp.iter().zip(yp).map(|(&g, &y)| gate(y, g)).sum::<f32>() as f64;
                 dgamma += xp
                     .iter()
-                    .zip(gp)
-                    .map(|(&x, &g)| g * (x - m) * r)
+                    .zip(gp.iter().zip(yp))
+                    .map(|(&x, (&g, &y))| gate(y, g) * (x - m) * r)
                     .sum::<f32>() as f64;
             }
             (dgamma as f32, dbeta as f32)
         })
         .collect();
     let count = s.count().max(1) as f32;
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(s.plane)
-        .zip(x.par_chunks(s.plane).zip(dy.par_chunks(s.plane)))
-        .enumerate()
-        .for_each(|(p, (dx, (x, dy)))| {
-            let c = p % s.channels;
-            let (m, r) = (mean[c], inv_std[c]);
-            let (dgamma, dbeta) = sums[c];
-            let scale = gamma[c] * r;
-            let (mean_dy, mean_dy_xhat) = (dbeta / count, dgamma / count);
-            for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let x_hat = (x - m) * r;
-                *d = scale * (g - mean_dy - x_hat * mean_dy_xhat);
-            }
-        });
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(s.plane)
+            .zip(x.par_chunks(s.plane).zip(dy.par_chunks(s.plane)))
+            .zip(y.par_chunks(s.plane))
+            .enumerate()
+            .for_each(|(p, ((dx, (x, dy)), y))| {
+                let c = p % s.channels;
+                let (m, r) = (mean[c], inv_std[c]);
+                let (dgamma, dbeta) = sums[c];
+                let scale = gamma[c] * r;
+                let (mean_dy, mean_dy_xhat) = (dbeta / count, dgamma / count);
+                for (((d, &x), &g), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
+                    let x_hat = (x - m) * r;
+                    d.write(scale * (gate(y, g) - mean_dy - x_hat * mean_dy_xhat));
+                }
+            })
+    };
+    // SAFETY: the planes of `dx`, `x`, `dy` and `y` match one for one (the lengths are equal), and
+    // each value of each plane is written.
+    assert!(
+        dy.len() == x.len() && y.len() == x.len(),
+        "batch norm backward: sizes differ"
+    );
+    let dx = unsafe { written(x.len(), fill) };
     let (dgamma, dbeta) = sums.into_iter().unzip();
     (dx, dgamma, dbeta)
 }
@@ -149,7 +196,7 @@ mod tests {
             plane: 2,
         };
         let x = [1.0, 2.0, 10.0, 10.0, 3.0, 4.0, 10.0, 10.0];
-        let (y, mean, var) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 0.0);
+        let (y, mean, var) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 0.0, false);
         assert_eq!(mean, vec![2.5, 10.0]);
         assert_eq!(var, vec![1.25, 0.0]);
         let r = 1.0 / 1.25f32.sqrt();
@@ -159,13 +206,38 @@ mod tests {
             "{y:?}"
         );
         // A constant channel with epsilon 0 would divide by zero; with epsilon it maps to beta.
-        let (y, _, _) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 1e-5);
+        let (y, _, _) = forward(&s, &x, &[2.0, 1.0], &[0.5, -1.0], 1e-5, false);
         assert_eq!(y[2], -1.0);
         // The normalised output sums to zero per channel, so dbeta = sum(dy), and dx sums to zero.
         let dy = [1.0, -2.0, 0.5, 0.25, 3.0, 1.0, -1.0, 2.0];
-        let (dx, _, dbeta) = backward(&s, &x, &[2.0, 1.0], &mean, &var, 1e-5, &dy);
+        let (dx, _, dbeta) = backward(&s, &x, &[2.0, 1.0], &mean, &var, 1e-5, &dy, None);
         assert_eq!(dbeta, vec![3.0, 1.75]);
         let channel0: f32 = [dx[0], dx[1], dx[4], dx[5]].iter().sum();
         assert!(channel0.abs() < 1e-5, "{dx:?}");
+    }
+
+    #[test]
+    fn fused_relu_equals_relu_after_normalisation() {
+        let s = NormShape {
+            batch: 3,
+            channels: 2,
+            plane: 5,
+        };
+        let x: Vec<f32> = (0..30).map(|i| (i as f32 * 0.7).sin()).collect();
+        let (gamma, beta) = ([1.5, 0.5], [0.1, -0.2]);
+        let (plain, mean, var) = forward(&s, &x, &gamma, &beta, 1e-5, false);
+        let (fused, _, _) = forward(&s, &x, &gamma, &beta, 1e-5, true);
+        let relu: Vec<f32> = plain.iter().map(|&v| v.max(0.0)).collect();
+        assert_eq!(fused, relu);
+        assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
+        let dy: Vec<f32> = (0..30).map(|i| (i as f32 * 1.3).cos()).collect();
+        let gated: Vec<f32> = dy
+            .iter()
+            .zip(&fused)
+            .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+            .collect();
+        let want = backward(&s, &x, &gamma, &mean, &var, 1e-5, &gated, None);
+        let got = backward(&s, &x, &gamma, &mean, &var, 1e-5, &dy, Some(&fused));
+        assert_eq!(got, want);
     }
 }

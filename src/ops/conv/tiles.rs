@@ -3,28 +3,34 @@
 //! `dweightᵀ += cols · dconvᵀ` and `dcols = weightᵀ · dconv`, each operand converted to the
 //! tiles' layout ([`amx`]) with the padding the tiles need.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
-use super::{
-    ConvShape, Patches, add_bias, col2im, each_image, each_pooled_image, per_task, pool_image,
-};
+use super::{ConvShape, Patches, add_bias, col2im, each_pooled_image, per_task, pool_image};
 use crate::ops::amx::{self, Aligned, pad};
+use crate::ops::written;
 
 /// [`super::forward`] in bfloat16 tiles.
 pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let pixels = s.out_pixels();
     let tiles = TileForward::new(s, weight);
-    each_image(
-        s,
-        &bfloat16(x),
-        || tiles.scratch(s),
-        |scratch, x_i, out_i| {
-            tiles.image(s, x_i, bias, scratch);
-            for (o, row) in out_i.chunks_mut(pixels).enumerate() {
-                row.copy_from_slice(&scratch.3[o * tiles.pixels..][..pixels]);
-            }
-        },
-    )
+    let x = bfloat16(x);
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(s.out_image())
+            .zip(x.par_chunks(s.in_image()))
+            .for_each_init(
+                || tiles.scratch(s),
+                |scratch, (out_i, x_i)| {
+                    tiles.image(s, x_i, bias, scratch);
+                    for (o, row) in out_i.chunks_mut(pixels).enumerate() {
+                        row.write_copy_of_slice(&scratch.3[o * tiles.pixels..][..pixels]);
+                    }
+                },
+            )
+    };
+    // SAFETY: each image's output is `out_channels` rows of `pixels` values, each row copied.
+    unsafe { written(s.batch * s.out_image(), fill) }
 }
 
 /// [`super::forward_pooled`] in bfloat16 tiles.
@@ -108,11 +114,19 @@ pub(super) fn backward_pooled(
 
 /// `x` rounded to bfloat16, in parallel.
 fn bfloat16(x: &[f32]) -> Vec<u16> {
-    let mut out = vec![0u16; x.len()];
-    out.par_chunks_mut(1 << 14)
-        .zip(x.par_chunks(1 << 14))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &v)| *o = amx::to_bf16(v)));
-    out
+    let fill = |out: &mut [MaybeUninit<u16>]| {
+        out.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(o, x)| {
+                amx::vectorised(|| {
+                    o.iter_mut().zip(x).for_each(|(o, &v)| {
+                        o.write(amx::to_bf16(v));
+                    })
+                })
+            })
+    };
+    // SAFETY: the chunks of `out` and `x` match one for one (equal lengths); each value is written.
+    unsafe { written(x.len(), fill) }
 }
 
 type TileForwardScratch = (Patches<u16>, Vec<u16>, Aligned<u32>, Aligned<f32>);

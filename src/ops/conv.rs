@@ -103,14 +103,19 @@ impl<T: Copy + Default> Patches<T> {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows of small images, in fixed blocks of 8 (the
+/// `dst.copy_from_slice(src)` for the short rows of small images, in fixed blocks of 8 or 4 (the
 /// last one overlapping) rather than a call to `memcpy` per row.
 #[inline(always)]
 fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     let n = dst.len();
     assert_eq!(n, src.len());
     if n < 8 {
-        dst.copy_from_slice(src);
+        if n >= 4 {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+        }
         return;
     }
     let mut i = 0;
@@ -123,35 +128,30 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// The adjoint of [`Patches::im2col`]: accumulates `cols` (rows `stride` apart) into the image
-/// gradient `dx`, which holds zeros (as [`per_task`] makes it).
+/// The adjoint of [`Patches::im2col`]: the image gradient `dx` from `cols` (rows `stride` apart).
+/// Each channel's taps are summed, in tap order, into a zero-padded plane with straight adds (no
+/// bounds to clip), whose interior is then copied out.
 fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
-    let (k, p) = (s.kernel, s.padding as isize);
+    let (k, p) = (s.kernel, s.padding);
     let (oh, ow) = (s.out_height(), s.out_width());
-    for c in 0..s.in_channels {
-        let plane = &mut dx[c * s.height * s.width..(c + 1) * s.height * s.width];
+    let (ph, pw) = (s.height + 2 * p, s.width + 2 * p);
+    let mut padded = vec![0f32; ph * pw];
+    for (c, plane) in dx.chunks_exact_mut(s.height * s.width).enumerate() {
+        padded.fill(0.0);
         for ky in 0..k {
             for kx in 0..k {
                 let row = &cols[((c * k + ky) * k + kx) * stride..][..oh * ow];
-                for oy in 0..oh {
-                    let iy = oy as isize + ky as isize - p;
-                    if iy < 0 || iy >= s.height as isize {
-                        continue;
-                    }
-                    let dst = &mut plane[iy as usize * s.width..(iy as usize + 1) * s.width];
-                    let shift = kx as isize - p;
-                    let lo = (-shift).clamp(0, ow as isize) as usize;
-                    let hi = (s.width as isize - shift).clamp(0, ow as isize) as usize;
-                    if hi > lo {
-                        let start = (lo as isize + shift) as usize;
-                        // A contiguous add the compiler vectorises.
-                        dst[start..start + (hi - lo)]
-                            .iter_mut()
-                            .zip(&row[oy * ow + lo..oy * ow + hi])
-                            .for_each(|(d, r)| *d += r);
-                    }
+                for (oy, src) in row.chunks_exact(ow).enumerate() {
+                    let dst = &mut padded[(oy + ky) * pw + kx..][..ow];
+                    dst.iter_mut().zip(src).for_each(|(d, r)| *d += r);
                 }
             }
+        }
+        for (dst, src) in plane
+            .chunks_exact_mut(s.width)
+            .zip(padded[p * pw..].chunks(pw))
+        {
+            copy_short(dst, &src[p..p + s.width]);
         }
     }
 }

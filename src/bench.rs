@@ -1,6 +1,7 @@
 //! `fmnist bench`: the three workloads of `../shared/bench/WORKLOADS.md` (W1 linear, W2 the
 //! study's MLP, W3 a 32/64-channel CNN), timed as the PyTorch and Keras peer scripts time them,
-//! ending with the same JSON line so that the figures compare line by line.
+//! ending with the same JSON line so that the figures compare line by line; and fmnist's own
+//! `speedrun` and `best` (`resnet`) recipes.
 
 use std::time::Instant;
 
@@ -33,6 +34,9 @@ pub enum Workload {
     /// The `speedrun` preset's model and recipe (augmentation, EMA, flip TTA); 3 epochs; fmnist's
     /// own, no peer script runs it.
     Speedrun,
+    /// The `best` preset's residual network and recipe (bfloat16 convolutions on AMX tiles where
+    /// the CPU has them); 1 epoch, about 6 minutes on the 2-core machine, so only when asked for.
+    Resnet,
 }
 
 impl Workload {
@@ -42,6 +46,7 @@ impl Workload {
             Workload::Mlp => "mlp",
             Workload::Cnn => "cnn",
             Workload::Speedrun => "speedrun",
+            Workload::Resnet => "resnet",
         }
     }
 
@@ -49,9 +54,13 @@ impl Workload {
     pub fn config(self, epochs: Option<usize>) -> Result<TrainConfig> {
         let sgd = OptimizerConfig::default();
         let (model, optimizer, batch_size, default_epochs) = match self {
-            Workload::Speedrun => {
-                let mut config = TrainConfig::preset("speedrun")?;
-                config.epochs = epochs.unwrap_or(3);
+            Workload::Speedrun | Workload::Resnet => {
+                let (preset, default_epochs) = match self {
+                    Workload::Speedrun => ("speedrun", 3),
+                    _ => ("best", 1),
+                };
+                let mut config = TrainConfig::preset(preset)?;
+                config.epochs = epochs.unwrap_or(default_epochs);
                 return Ok(config);
             }
             Workload::Linear => (ModelConfig::linear(), sgd, 1024, 10),

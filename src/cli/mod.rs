@@ -45,7 +45,7 @@ pub enum Command {
     Plot(PlotArgs),
     /// Classify pictures (PNG or JPEG, any size and colour) with a trained run.
     Predict(PredictArgs),
-    /// Time the benchmark workloads (the peers' W1-W3, and the speedrun recipe).
+    /// Time the benchmark workloads (the peers' W1-W3, the speedrun recipe; the ResNet on request).
     Bench(BenchArgs),
 }
 
@@ -374,10 +374,11 @@ pub struct PredictArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workloads to run (default: all four).
+    /// Workloads to run (default: the first four; `resnet`, one epoch of the `best` preset, only
+    /// when named).
     #[arg(value_enum)]
     pub workloads: Vec<crate::bench::Workload>,
-    /// Epochs per workload (default: 10, 10 and 3, as the peers; 3 for speedrun).
+    /// Epochs per workload (default: 10, 10 and 3, as the peers; 3 for speedrun, 1 for resnet).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Leave out the workload headers: epoch lines, then one JSON line per workload.

@@ -735,17 +735,14 @@ impl Backward<Flex, 2> for AddReluBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_a, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let shape = ops.state.shape();
+        if node_a.is_none() && node_b.is_none() {
+            return;
+        }
         let grad = relu::backward(&values(&ops.state), &values(&dy));
-        match (node_a, node_b) {
-            (Some(a), Some(b)) => {
-                grads.register::<Flex>(a.id, tensor(grad.clone(), shape.clone()));
-                grads.register::<Flex>(b.id, tensor(grad, shape));
-            }
-            (Some(node), None) | (None, Some(node)) => {
-                grads.register::<Flex>(node.id, tensor(grad, shape));
-            }
-            (None, None) => {}
+        // One buffer for both addends: a flex tensor's clone shares it.
+        let grad = tensor(grad, ops.state.shape());
+        for node in [node_a, node_b].into_iter().flatten() {
+            grads.register::<Flex>(node.id, grad.clone());
         }
     }
 }

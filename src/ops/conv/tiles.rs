@@ -15,6 +15,11 @@ use crate::ops::written;
 pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let pixels = s.out_pixels();
     let tiles = TileForward::new(s, weight);
+    assert_eq!(
+        x.len(),
+        s.batch * s.in_image(),
+        "conv2d: input of another size"
+    );
     let x = bfloat16(x);
     let fill = |out: &mut [MaybeUninit<f32>]| {
         out.par_chunks_mut(s.out_image())

@@ -691,16 +691,15 @@ impl Backward<Flex, 3> for NormBackward {
         let (x, gamma, mean, var, epsilon, relu_out) = ops.state;
         let s = norm_shape(&x);
         let relu_out = relu_out.as_ref().map(values);
-        let (dx, dgamma, dbeta) = norm::backward(
-            &s,
-            &values(&x),
-            &values(&gamma),
-            &mean,
-            &var,
+        let gamma_values = values(&gamma);
+        let saved = norm::Saved {
+            gamma: &gamma_values,
+            mean: &mean,
+            var: &var,
             epsilon,
-            &values(&dy),
-            relu_out.as_deref(),
-        );
+        };
+        let (dx, dgamma, dbeta) =
+            norm::backward(&s, &values(&x), &saved, &values(&dy), relu_out.as_deref());
         let [x_id, g_id, b_id] = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
         register(grads, x_id, Some(dx), x.shape());
         register(grads, g_id, Some(dgamma), [s.channels]);

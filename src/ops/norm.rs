@@ -99,39 +99,46 @@ pub fn forward(
     (y, mean, var)
 }
 
-/// Backward of [`forward`]: `(dx, dgamma, dbeta)` from the output gradient `dy` and the input,
-/// `gamma` and the statistics the forward pass returned; `relu_out` is the forward's output when
-/// ReLU was fused (the gradient flows where it is positive).
-#[allow(clippy::too_many_arguments)]
+/// What the backward pass needs besides the input: `gamma`, and the batch statistics and epsilon
+/// of the forward pass.
+pub struct Saved<'a> {
+    pub gamma: &'a [f32],
+    pub mean: &'a [f32],
+    pub var: &'a [f32],
+    pub epsilon: f64,
+}
+
+/// Backward of [`forward`]: `(dx, dgamma, dbeta)` from the output gradient `dy`, the input and
+/// what the forward pass saved; `relu_out` is the forward's output when ReLU was fused (the
+/// gradient flows where it is positive).
 pub fn backward(
     s: &NormShape,
     x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    epsilon: f64,
+    saved: &Saved,
     dy: &[f32],
     relu_out: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     match relu_out {
-        Some(y) => gradients::<true>(s, x, gamma, mean, var, epsilon, dy, y),
-        None => gradients::<false>(s, x, gamma, mean, var, epsilon, dy, dy),
+        Some(y) => gradients::<true>(s, x, saved, dy, y),
+        None => gradients::<false>(s, x, saved, dy, dy),
     }
 }
 
 /// [`backward`] with the gradient gated by the ReLU output `y` when `RELU` (`y` is ignored
 /// otherwise).
-#[allow(clippy::too_many_arguments)]
 fn gradients<const RELU: bool>(
     s: &NormShape,
     x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    epsilon: f64,
+    saved: &Saved,
     dy: &[f32],
     y: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let &Saved {
+        gamma,
+        mean,
+        var,
+        epsilon,
+    } = saved;
     let gate = |y: f32, g: f32| if RELU { super::relu::gate(y, g) } else { g };
     let inv_std: Vec<f32> = var
         .iter()
@@ -210,7 +217,13 @@ mod tests {
         assert_eq!(y[2], -1.0);
         // The normalised output sums to zero per channel, so dbeta = sum(dy), and dx sums to zero.
         let dy = [1.0, -2.0, 0.5, 0.25, 3.0, 1.0, -1.0, 2.0];
-        let (dx, _, dbeta) = backward(&s, &x, &[2.0, 1.0], &mean, &var, 1e-5, &dy, None);
+        let saved = Saved {
+            gamma: &[2.0, 1.0],
+            mean: &mean,
+            var: &var,
+            epsilon: 1e-5,
+        };
+        let (dx, _, dbeta) = backward(&s, &x, &saved, &dy, None);
         assert_eq!(dbeta, vec![3.0, 1.75]);
         let channel0: f32 = [dx[0], dx[1], dx[4], dx[5]].iter().sum();
         assert!(channel0.abs() < 1e-5, "{dx:?}");
@@ -236,8 +249,14 @@ mod tests {
             .zip(&fused)
             .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
             .collect();
-        let want = backward(&s, &x, &gamma, &mean, &var, 1e-5, &gated, None);
-        let got = backward(&s, &x, &gamma, &mean, &var, 1e-5, &dy, Some(&fused));
+        let saved = Saved {
+            gamma: &gamma,
+            mean: &mean,
+            var: &var,
+            epsilon: 1e-5,
+        };
+        let want = backward(&s, &x, &saved, &gated, None);
+        let got = backward(&s, &x, &saved, &dy, Some(&fused));
         assert_eq!(got, want);
     }
 }

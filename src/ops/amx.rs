@@ -72,18 +72,16 @@ fn detect() -> bool {
     false
 }
 
-/// Runs `f` compiled for AVX-512 (16 `f32` lanes instead of the baseline's 4): the tile path's
-/// conversions and copies, which the compiler vectorises from plain loops. Only for code that
-/// runs after [`available`] said yes.
+/// Runs `f` compiled for AVX-512 (16 `f32` lanes instead of the baseline's 4) where the tiles are
+/// [`available`] (which implies AVX-512), as compiled otherwise: the tile path's conversions and
+/// copies, which the compiler vectorises from plain loops.
 #[inline(always)]
 pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    debug_assert!(available());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: callers run on the tile path only, where `available` checked for AVX-512 F/BW/VL.
-    unsafe {
-        avx512(f)
+    if available() {
+        // SAFETY: `available` checked that the CPU has AVX-512 F/BW/VL.
+        return unsafe { avx512(f) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
     f()
 }
 

@@ -77,20 +77,23 @@ impl ConvBlock {
 
     /// Without ReLU (residual blocks add first).
     fn linear(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv.forward(x);
-        match &self.norm {
-            Some(norm) => ops::batch_norm(norm, x, false),
-            None => x,
-        }
+        self.apply(x, false)
     }
 
     /// # Shapes
     ///   - x: `[batch, in, h, w]` -> `[batch, out, h', w']`
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.apply(x, true)
+    }
+
+    /// Convolution, batch normalisation if any, then ReLU when `relu` (fused into the
+    /// normalisation).
+    fn apply(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
         let x = self.conv.forward(x);
         match &self.norm {
-            Some(norm) => ops::batch_norm(norm, x, true),
-            None => ops::relu(x),
+            Some(norm) => ops::batch_norm(norm, x, relu),
+            None if relu => ops::relu(x),
+            None => x,
         }
     }
 

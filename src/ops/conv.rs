@@ -211,30 +211,18 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: boo
     if bf16 {
         return tiles::forward(s, x, weight, bias);
     }
-    each_image(
-        s,
-        x,
-        || (Patches::new(s), vec![0f32; s.patch() * s.out_pixels()]),
-        |scratch, x_i, out_i| conv_image(s, x_i, weight, bias, scratch, out_i),
-    )
-}
-
-/// Runs `image(scratch, x_i, out_i)` for every image of the batch in parallel, `scratch` made
-/// once per worker, into `[batch, out, oh, ow]`.
-fn each_image<T: Sync, S>(
-    s: &ConvShape,
-    x: &[T],
-    scratch: impl Fn() -> S + Sync + Send,
-    image: impl Fn(&mut S, &[T], &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
     let mut out = vec![0f32; s.batch * s.out_image()];
     out.par_chunks_mut(s.out_image())
         .zip(x.par_chunks(s.in_image()))
-        .for_each_init(scratch, |scratch, (out_i, x_i)| image(scratch, x_i, out_i));
+        .for_each_init(
+            || (Patches::new(s), vec![0f32; s.patch() * s.out_pixels()]),
+            |scratch, (out_i, x_i)| conv_image(s, x_i, weight, bias, scratch, out_i),
+        );
     out
 }
 
-/// As [`each_image`] for a convolution with 2x2 max pooling: `image(scratch, x_i, out_i, arg_i)`
+/// Runs a convolution with 2x2 max pooling for every image of the batch in parallel (the `f32`
+/// and bfloat16 paths), `scratch` made once per worker: `image(scratch, x_i, out_i, arg_i)`
 /// writes the pooled values and argmax codes of one image.
 fn each_pooled_image<T: Sync, S>(
     s: &ConvShape,

@@ -133,14 +133,15 @@ mod tests {
     }
 
     #[test]
-    fn round_trip() {
+    fn round_trip() -> Result<(), IdxError> {
         let a = images(3);
-        assert_eq!(IdxArray::parse(&a.to_bytes()).unwrap(), a);
+        assert_eq!(IdxArray::parse(&a.to_bytes())?, a);
         let labels = IdxArray {
             dims: vec![5],
             data: vec![0, 9, 3, 1, 2],
         };
-        assert_eq!(IdxArray::parse(&labels.to_bytes()).unwrap(), labels);
+        assert_eq!(IdxArray::parse(&labels.to_bytes())?, labels);
+        Ok(())
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod gather;
 mod tiles;
 
 use super::add_partials;
@@ -130,8 +132,19 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
 
 /// The adjoint of [`Patches::im2col`]: the image gradient `dx` from `cols` (rows `stride` apart).
 /// Each channel's taps are summed, in tap order, into a zero-padded plane with straight adds (no
-/// bounds to clip), whose interior is then copied out.
+/// bounds to clip), whose interior is then copied out; in AVX-512 as a gather with the same sums
+/// ([`gather`]) where the CPU has it.
 fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if gather::available() {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { gather::col2im(s, cols, stride, dx) };
+    }
+    col2im_scatter(s, cols, stride, dx);
+}
+
+/// [`col2im`] on any CPU.
+fn col2im_scatter(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
     let (k, p) = (s.kernel, s.padding);
     let (oh, ow) = (s.out_height(), s.out_width());
     let (ph, pw) = (s.height + 2 * p, s.width + 2 * p);

@@ -220,6 +220,10 @@ struct TileBackward {
     pixels_k: usize,
 }
 
+/// Input channels per block of the input-gradient product: `dcols` rows a multiple of 32 (the
+/// tiles' 2x2 blocks), under 1 MB for 3x3 kernels on 28x28 images.
+const DX_CHANNELS: usize = 32;
+
 /// One task's buffers for [`TileBackward`]; a filler writes each image's output gradient into
 /// `dconv_t` (and `pairs`, when the input gradient is wanted).
 struct TileScratch {
@@ -271,7 +275,7 @@ impl TileBackward {
             dconv_t_stride: self.out_channels,
             pairs: need_dx.then(|| (Aligned::zeroed(self.out_k / 2 * self.pixels), self.pixels)),
             dw_t: Aligned::zeroed(self.patch * self.out_channels),
-            dcols: Aligned::zeroed(self.patch * self.pixels),
+            dcols: Aligned::zeroed(self.patch.min(DX_CHANNELS * s.kernel * s.kernel) * self.pixels),
         }
     }
 
@@ -308,25 +312,29 @@ impl TileBackward {
                 if let (Some(dx_chunk), Some((pairs, stride))) =
                     (dx_chunk.as_deref_mut(), b.pairs.as_ref())
                 {
-                    amx::gemm(
-                        self.patch,
-                        self.pixels,
-                        self.out_k,
-                        &self.weight_t,
-                        self.out_k,
-                        pairs,
-                        *stride,
-                        &mut b.dcols,
-                        self.pixels,
-                        false,
-                    );
                     let local = i - images.start;
-                    col2im(
-                        s,
-                        &b.dcols,
-                        self.pixels,
-                        &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()],
-                    );
+                    let dx_i = &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()];
+                    let plane = s.height * s.width;
+                    // A block of channels at a time, so that its rows of `dcols` are still in the
+                    // cache when col2im reads them (the same tile products as one call: blocks
+                    // start on the 32-row grid).
+                    for (block, dx_block) in dx_i.chunks_mut(DX_CHANNELS * plane).enumerate() {
+                        let taps = s.kernel * s.kernel;
+                        let first = block * DX_CHANNELS * taps;
+                        amx::gemm(
+                            pad(dx_block.len() / plane * taps, 16),
+                            self.pixels,
+                            self.out_k,
+                            &self.weight_t[first * self.out_k..],
+                            self.out_k,
+                            pairs,
+                            *stride,
+                            &mut b.dcols,
+                            self.pixels,
+                            false,
+                        );
+                        col2im(s, &b.dcols, self.pixels, dx_block);
+                    }
                 }
             }
             let mut dw = vec![0f32; o * patch];

@@ -207,19 +207,33 @@ pub fn interleave_transposed(
     ldb: usize,
 ) {
     vectorised(|| {
-        // Blocks of 16 source rows, so that the writes of a block fill whole cache lines.
+        // Blocks of 16 source rows × 16 pairs: each row's pairs converted along the row (which
+        // vectorises), then the block written out transposed, whole cache lines at a time.
+        let pairs = cols.div_ceil(2);
+        let mut block = [[0u32; 16]; 16];
         for j0 in (0..rows).step_by(16) {
-            let block = 16.min(rows - j0);
-            for p in 0..cols.div_ceil(2) {
-                let out = &mut dst[p * ldb + j0..][..block];
-                for (jj, o) in out.iter_mut().enumerate() {
+            let rows_here = 16.min(rows - j0);
+            for p0 in (0..pairs).step_by(16) {
+                let pairs_here = 16.min(pairs - p0);
+                // Pairs with both columns inside `src`; an odd last column pairs with zero.
+                let whole = (cols / 2).saturating_sub(p0).min(pairs_here);
+                for (jj, converted) in block.iter_mut().take(rows_here).enumerate() {
                     let row = &src[(j0 + jj) * src_stride..][..cols];
-                    let second = if 2 * p + 1 < cols {
-                        row[2 * p + 1]
-                    } else {
-                        0.0
-                    };
-                    *o = pair(row[2 * p], second);
+                    for (o, two) in converted[..whole]
+                        .iter_mut()
+                        .zip(row[2 * p0..].chunks_exact(2))
+                    {
+                        *o = pair(two[0], two[1]);
+                    }
+                    if whole < pairs_here {
+                        converted[whole] = pair(row[cols - 1], 0.0);
+                    }
+                }
+                for pp in 0..pairs_here {
+                    let out = &mut dst[(p0 + pp) * ldb + j0..][..rows_here];
+                    for (o, converted) in out.iter_mut().zip(&block) {
+                        *o = converted[pp];
+                    }
                 }
             }
         }
@@ -509,6 +523,27 @@ mod tests {
         gemm(m, n, k, &a, k, &b2, n, &mut c2, n, false);
         for i in 0..m * n {
             assert_eq!(c2[i], c[i] - i as f32);
+        }
+    }
+
+    /// The transposed layout equals the plain one of the explicit transpose, for general values,
+    /// row counts that are not multiples of 16 and an odd column count (the last pair half zero).
+    #[test]
+    fn interleave_transposed_is_interleave_rows_of_the_transpose() {
+        for (rows, cols) in [(37, 51), (16, 32), (5, 3), (70, 1)] {
+            let stride = cols + 3;
+            let src: Vec<f32> = (0..rows * stride)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.0137)
+                .collect();
+            let transposed: Vec<f32> = (0..cols * rows)
+                .map(|t| src[(t % rows) * stride + t / rows])
+                .collect();
+            let ldb = rows + 5;
+            let mut want = vec![7u32; cols.div_ceil(2) * ldb];
+            interleave_rows(&transposed, cols, rows, rows, &mut want, ldb);
+            let mut got = vec![7u32; cols.div_ceil(2) * ldb];
+            interleave_transposed(&src, rows, cols, stride, &mut got, ldb);
+            assert_eq!(got, want, "{rows} x {cols}");
         }
     }
 }

@@ -9,6 +9,9 @@ use rayon::prelude::*;
 
 use super::written;
 
+#[cfg(target_arch = "x86_64")]
+mod sums;
+
 /// Shapes of one batch normalisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NormShape {
@@ -37,15 +40,37 @@ fn statistics(s: &NormShape, x: &[f32]) -> Vec<(f32, f32)> {
         .into_par_iter()
         .map(|c| {
             let count = s.count().max(1) as f64;
-            let sum: f64 = s.planes(x, c).map(|p| p.iter().sum::<f32>() as f64).sum();
+            let mut sums = vec![0f32; s.batch];
+            plane_moments(s, x, c, None, &mut sums);
+            let sum: f64 = sums.iter().map(|&v| v as f64).sum();
             let mean = (sum / count) as f32;
-            let squares: f64 = s
-                .planes(x, c)
-                .map(|p| p.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() as f64)
-                .sum();
+            plane_moments(s, x, c, Some(mean), &mut sums);
+            let squares: f64 = sums.iter().map(|&v| v as f64).sum();
             (mean, (squares / count) as f32)
         })
         .collect()
+}
+
+/// Each plane's `f32` sum of channel `c` (image order) into `sums`: of its values, or with a
+/// mean of their squared deviations; sixteen planes at a time in AVX-512 where the CPU has it
+/// (the same sums, see [`sums`]).
+fn plane_moments(s: &NormShape, x: &[f32], c: usize, mean: Option<f32>, sums: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if sums::available() {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { sums::moments(s, x, c, mean, sums) };
+    }
+    scalar_moments(s, x, c, mean, sums);
+}
+
+/// [`plane_moments`] on any CPU.
+fn scalar_moments(s: &NormShape, x: &[f32], c: usize, mean: Option<f32>, sums: &mut [f32]) {
+    for (sum, p) in sums.iter_mut().zip(s.planes(x, c)) {
+        *sum = match mean {
+            None => p.iter().sum(),
+            Some(mean) => p.iter().map(|&v| (v - mean) * (v - mean)).sum(),
+        };
+    }
 }
 
 /// `y = (x - mean) / sqrt(var + epsilon) · gamma + beta` with the given per-channel statistics,
@@ -139,7 +164,6 @@ fn gradients<const RELU: bool>(
         var,
         epsilon,
     } = saved;
-    let gate = |y: f32, g: f32| if RELU { super::relu::gate(y, g) } else { g };
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
@@ -148,15 +172,13 @@ fn gradients<const RELU: bool>(
     let sums: Vec<(f32, f32)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            let (m, r) = (mean[c], inv_std[c]);
+            let mut planes = vec![0f32; 2 * s.batch];
+            let (betas, gammas) = planes.split_at_mut(s.batch);
+            plane_gradients::<RELU>(s, (x, dy, y), c, (mean[c], inv_std[c]), betas, gammas);
             let (mut dbeta, mut dgamma) = (0f64, 0f64);
-            for ((xp, gp), yp) in s.planes(x, c).zip(s.planes(dy, c)).zip(s.planes(y, c)) {
-                dbeta += gp.iter().zip(yp).map(|(&g, &y)| gate(y, g)).sum::<f32>() as f64;
-                dgamma += xp
-                    .iter()
-                    .zip(gp.iter().zip(yp))
-                    .map(|(&x, (&g, &y))| gate(y, g) * (x - m) * r)
-                    .sum::<f32>() as f64;
+            for (&b, &g) in betas.iter().zip(gammas.iter()) {
+                dbeta += b as f64;
+                dgamma += g as f64;
             }
             (dgamma as f32, dbeta as f32)
         })
@@ -175,7 +197,7 @@ fn gradients<const RELU: bool>(
                 let (mean_dy, mean_dy_xhat) = (dbeta / count, dgamma / count);
                 for (((d, &x), &g), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
                     let x_hat = (x - m) * r;
-                    d.write(scale * (gate(y, g) - mean_dy - x_hat * mean_dy_xhat));
+                    d.write(scale * (gate::<RELU>(y, g) - mean_dy - x_hat * mean_dy_xhat));
                 }
             })
     };
@@ -188,6 +210,50 @@ fn gradients<const RELU: bool>(
     let dx = unsafe { written(x.len(), fill) };
     let (dgamma, dbeta) = sums.into_iter().unzip();
     (dx, dgamma, dbeta)
+}
+
+/// `dy`, or with `RELU` `dy` where the ReLU output `y` lets the gradient through.
+fn gate<const RELU: bool>(y: f32, dy: f32) -> f32 {
+    if RELU { super::relu::gate(y, dy) } else { dy }
+}
+
+/// Each plane's `f32` sums of channel `c` (image order): of the gated `dy` into `dbeta`, and of
+/// the gated `dy · (x - mean) · inv_std` into `dgamma`; sixteen planes at a time in AVX-512 where
+/// the CPU has it (the same sums, see [`sums`]).
+fn plane_gradients<const RELU: bool>(
+    s: &NormShape,
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    c: usize,
+    (m, r): (f32, f32),
+    dbeta: &mut [f32],
+    dgamma: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if sums::available() {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { sums::gradients::<RELU>(s, (x, dy, y), c, (m, r), dbeta, dgamma) };
+    }
+    scalar_gradients::<RELU>(s, (x, dy, y), c, (m, r), dbeta, dgamma);
+}
+
+/// [`plane_gradients`] on any CPU.
+fn scalar_gradients<const RELU: bool>(
+    s: &NormShape,
+    (x, dy, y): (&[f32], &[f32], &[f32]),
+    c: usize,
+    (m, r): (f32, f32),
+    dbeta: &mut [f32],
+    dgamma: &mut [f32],
+) {
+    let planes = s.planes(x, c).zip(s.planes(dy, c)).zip(s.planes(y, c));
+    for ((b, g), ((xp, gp), yp)) in dbeta.iter_mut().zip(dgamma).zip(planes) {
+        *b = gp.iter().zip(yp).map(|(&g, &y)| gate::<RELU>(y, g)).sum();
+        *g = xp
+            .iter()
+            .zip(gp.iter().zip(yp))
+            .map(|(&x, (&g, &y))| gate::<RELU>(y, g) * (x - m) * r)
+            .sum();
+    }
 }
 
 #[cfg(test)]

@@ -173,22 +173,6 @@ pub fn interleave_rows(
     })
 }
 
-/// Packs rows `2p` and `2p + 1` of the bf16 rows `src` (`stride` apart, an even number of them)
-/// into row `p` of the pair-interleaved `dst` (rows `stride` pairs apart).
-pub fn pair_rows(src: &[u16], stride: usize, dst: &mut [u32]) {
-    vectorised(|| {
-        for (rows, out) in src
-            .chunks_exact(2 * stride)
-            .zip(dst.chunks_exact_mut(stride))
-        {
-            let (even, odd) = rows.split_at(stride);
-            for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
-                *o = e as u32 | ((d as u32) << 16);
-            }
-        }
-    })
-}
-
 /// The bfloat16 halves of pair-interleaved elements, `2 * i + k % 2` for element `i`'s half.
 pub fn halves(pairs: &mut [u32]) -> &mut [u16] {
     // SAFETY: u16 has a smaller alignment than u32 and every bit pattern is valid for both; on a

@@ -69,15 +69,35 @@ impl<T: Copy + Default> Patches<T> {
     fn new(s: &ConvShape) -> Self {
         let side = |n: usize| n + 2 * s.padding;
         Patches {
-            padded: vec![T::default(); s.in_channels * side(s.height) * side(s.width)],
+            // `kernel` values of slack: the tiles' forward reads each tap as whole padded rows,
+            // the last one running `kernel - 1` values past the last plane.
+            padded: vec![T::default(); s.in_channels * side(s.height) * side(s.width) + s.kernel],
         }
     }
 
     /// The patches of image `x` into `cols`, rows `stride` apart (the padding after each row is
     /// left as it is).
     fn im2col(&mut self, s: &ConvShape, x: &[T], cols: &mut [T], stride: usize) {
+        self.pad(s, x);
         let (k, p) = (s.kernel, s.padding);
         let (oh, ow) = (s.out_height(), s.out_width());
+        let (ph, pw) = (s.height + 2 * p, s.width + 2 * p);
+        for c in 0..s.in_channels {
+            let plane = &self.padded[c * ph * pw..(c + 1) * ph * pw];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((c * k + ky) * k + kx) * stride..][..oh * ow];
+                    for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
+                        copy_short(dst, &plane[(oy + ky) * pw + kx..][..ow]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies image `x` into the interior of the zero-padded planes.
+    fn pad(&mut self, s: &ConvShape, x: &[T]) {
+        let p = s.padding;
         let (ph, pw) = (s.height + 2 * p, s.width + 2 * p);
         for (plane, src) in self
             .padded
@@ -89,17 +109,6 @@ impl<T: Copy + Default> Patches<T> {
                 .zip(src.chunks_exact(s.width))
             {
                 copy_short(&mut row[p..p + s.width], src);
-            }
-        }
-        for c in 0..s.in_channels {
-            let plane = &self.padded[c * ph * pw..(c + 1) * ph * pw];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut cols[((c * k + ky) * k + kx) * stride..][..oh * ow];
-                    for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
-                        copy_short(dst, &plane[(oy + ky) * pw + kx..][..ow]);
-                    }
-                }
             }
         }
     }
@@ -196,15 +205,20 @@ fn conv_image(
     add_bias(out, pixels, pixels, bias);
 }
 
-/// Pools one image's convolution output (`[out × pixels]`, rows `stride` apart) into `out` and
-/// `arg`.
-fn pool_image(s: &ConvShape, conv: &[f32], stride: usize, out: &mut [f32], arg: &mut [u8]) {
-    let (pixels, pooled) = (s.out_pixels(), s.pooled_pixels());
+/// Pools one image's convolution output (channel planes `stride` apart, their image rows `row`
+/// apart) into `out` and `arg`.
+fn pool_image(
+    s: &ConvShape,
+    conv: &[f32],
+    (stride, row): (usize, usize),
+    out: &mut [f32],
+    arg: &mut [u8],
+) {
+    let pooled = s.pooled_pixels();
     for o in 0..s.out_channels {
         super::pool::pool_plane(
-            &conv[o * stride..][..pixels],
-            s.out_height(),
-            s.out_width(),
+            &conv[o * stride..],
+            (s.out_height(), s.out_width(), row),
             &mut out[o * pooled..(o + 1) * pooled],
             &mut arg[o * pooled..(o + 1) * pooled],
         );
@@ -280,7 +294,7 @@ pub fn forward_pooled(
         },
         |(scratch, conv), x_i, out_i, arg_i| {
             conv_image(s, x_i, weight, bias, scratch, conv);
-            pool_image(s, conv, pixels, out_i, arg_i);
+            pool_image(s, conv, (pixels, s.out_width()), out_i, arg_i);
         },
     )
 }

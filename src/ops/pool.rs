@@ -3,14 +3,20 @@
 
 use rayon::prelude::*;
 
-/// Pools one `height × width` plane into `out` (`height/2 × width/2`), recording in `arg` which
-/// of the four inputs (0..4, row-major) was the maximum. The first maximum wins ties. (A NaN
-/// input is not propagated as PyTorch does; a NaN loss is caught by the training loop anyway.)
-pub fn pool_plane(x: &[f32], height: usize, width: usize, out: &mut [f32], arg: &mut [u8]) {
+/// Pools one `height × width` plane (rows `stride` apart) into `out` (`height/2 × width/2`),
+/// recording in `arg` which of the four inputs (0..4, row-major) was the maximum. The first
+/// maximum wins ties. (A NaN input is not propagated as PyTorch does; a NaN loss is caught by the
+/// training loop anyway.)
+pub fn pool_plane(
+    x: &[f32],
+    (height, width, stride): (usize, usize, usize),
+    out: &mut [f32],
+    arg: &mut [u8],
+) {
     let (oh, ow) = (height / 2, width / 2);
     for oy in 0..oh {
-        let r0 = &x[2 * oy * width..2 * oy * width + 2 * ow];
-        let r1 = &x[(2 * oy + 1) * width..(2 * oy + 1) * width + 2 * ow];
+        let r0 = &x[2 * oy * stride..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * stride..][..2 * ow];
         let out = &mut out[oy * ow..(oy + 1) * ow];
         let arg = &mut arg[oy * ow..(oy + 1) * ow];
         for ox in 0..ow {
@@ -51,7 +57,7 @@ pub fn forward(x: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f3
     out.par_chunks_mut(oh * ow)
         .zip(arg.par_chunks_mut(oh * ow))
         .zip(x.par_chunks(height * width))
-        .for_each(|((out, arg), x)| pool_plane(x, height, width, out, arg));
+        .for_each(|((out, arg), x)| pool_plane(x, (height, width, width), out, arg));
     (out, arg)
 }
 

@@ -21,6 +21,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) ->
         "conv2d: input of another size"
     );
     let x = bfloat16(x);
+    let (ow, wide) = (s.out_width(), tiles.wide);
     let fill = |out: &mut [MaybeUninit<f32>]| {
         out.par_chunks_mut(s.out_image())
             .zip(x.par_chunks(s.in_image()))
@@ -28,13 +29,19 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) ->
                 || tiles.scratch(s),
                 |scratch, (out_i, x_i)| {
                     tiles.image(s, x_i, bias, scratch);
-                    for (o, row) in out_i.chunks_mut(pixels).enumerate() {
-                        row.write_copy_of_slice(&scratch.3[o * tiles.pixels..][..pixels]);
+                    for (o, plane) in out_i.chunks_mut(pixels).enumerate() {
+                        let conv = &scratch.2[o * tiles.pixels..];
+                        for (row, src) in plane.chunks_mut(ow).zip(conv.chunks(wide)) {
+                            row.iter_mut().zip(src).for_each(|(d, &v)| {
+                                d.write(v);
+                            });
+                        }
                     }
                 },
             )
     };
-    // SAFETY: each image's output is `out_channels` rows of `pixels` values, each row copied.
+    // SAFETY: each image's output is `out_channels` planes of `oh` rows of `ow` values, each value
+    // written (a row's source holds `wide >= ow` values).
     unsafe { written(s.batch * s.out_image(), fill) }
 }
 
@@ -52,7 +59,7 @@ pub(super) fn forward_pooled(
         || tiles.scratch(s),
         |scratch, x_i, out_i, arg_i| {
             tiles.image(s, x_i, bias, scratch);
-            pool_image(s, &scratch.3, tiles.pixels, out_i, arg_i);
+            pool_image(s, &scratch.2, (tiles.pixels, tiles.wide), out_i, arg_i);
         },
     )
 }
@@ -134,17 +141,25 @@ fn bfloat16(x: &[f32]) -> Vec<u16> {
     unsafe { written(x.len(), fill) }
 }
 
-type TileForwardScratch = (Patches<u16>, Vec<u16>, Aligned<u32>, Aligned<f32>);
+type TileForwardScratch = (Patches<u16>, Aligned<u32>, Aligned<f32>);
 
 /// The forward product in bfloat16 tiles: the weights `[out × patch]` as tile rows (padded to
 /// 16 × 32), and per-thread buffers for one image's patches (pair-interleaved) and output.
+///
+/// The patches are taken in the padded image's width: tap `(c, ky, kx)` is the `oh` rows of
+/// padded plane `c` from row `ky`, column `kx`, each `wide` (the padded width) long, so that a
+/// tap is one run of the plane rather than `oh` pieces, and two taps interleave straight into the
+/// tiles' pair layout. Each output row then has `wide - ow` values that are not outputs, dropped
+/// afterwards; the outputs are the same sums as from compact patches.
 struct TileForward {
     weight: Aligned<u16>,
     /// Row stride of `weight`: the patch padded to 32.
     patch: usize,
     /// Output channels padded to 16.
     out_channels: usize,
-    /// Output pixels padded to 16: the row stride of the output buffer.
+    /// The padded image's width: the row stride of each output channel's rows.
+    wide: usize,
+    /// `oh` rows of `wide` values padded to 16: the row stride of the output buffer.
     pixels: usize,
 }
 
@@ -160,35 +175,37 @@ impl TileForward {
             &mut tiles,
             patch,
         );
+        let wide = s.width + 2 * s.padding;
         TileForward {
             weight: tiles,
             patch,
             out_channels,
-            pixels: pad(s.out_pixels(), 16),
+            wide,
+            pixels: pad(s.out_height() * wide, 16),
         }
     }
 
-    /// Per-thread scratch: `(padded image, bf16 patches, interleaved patches, output)`.
+    /// Per-thread scratch: `(padded image, interleaved patches, output)`. The patches' padding
+    /// (rows past the patch, columns past the last output row) stays zero.
     fn scratch(&self, s: &ConvShape) -> TileForwardScratch {
         (
             Patches::new(s),
-            vec![0u16; self.patch * self.pixels],
             Aligned::zeroed(self.patch / 2 * self.pixels),
             Aligned::zeroed(self.out_channels * self.pixels),
         )
     }
 
-    /// One image's convolution into `out` (rows [`Self::pixels`] apart).
+    /// One image's convolution into `out` (channel rows [`Self::pixels`] apart, image rows
+    /// [`Self::wide`] apart).
     fn image(
         &self,
         s: &ConvShape,
         x_i: &[u16],
         bias: &[f32],
-        (patches, cols, tiles, out): &mut TileForwardScratch,
+        (patches, tiles, out): &mut TileForwardScratch,
     ) {
-        let pixels = s.out_pixels();
-        patches.im2col(s, x_i, cols, self.pixels);
-        amx::pair_rows(cols, self.pixels, tiles);
+        patches.pad(s, x_i);
+        self.interleave_taps(s, &patches.padded, tiles);
         amx::gemm(
             self.out_channels,
             self.pixels,
@@ -201,7 +218,35 @@ impl TileForward {
             self.pixels,
             false,
         );
-        add_bias(out, pixels, self.pixels, bias);
+        add_bias(out, s.out_height() * self.wide, self.pixels, bias);
+    }
+
+    /// Row `j` of the pair-interleaved patches: taps `2j` and `2j + 1` (the last one alone when
+    /// the patch is odd), each read from the padded planes as one run.
+    fn interleave_taps(&self, s: &ConvShape, padded: &[u16], tiles: &mut [u32]) {
+        let k = s.kernel;
+        let plane = (s.height + 2 * s.padding) * self.wide;
+        let run = s.out_height() * self.wide;
+        let tap = |t: usize| {
+            let (c, ky, kx) = (t / (k * k), t % (k * k) / k, t % k);
+            &padded[c * plane + ky * self.wide + kx..][..run]
+        };
+        amx::vectorised(|| {
+            let pairs = s.patch().div_ceil(2);
+            for (j, row) in tiles.chunks_exact_mut(self.pixels).take(pairs).enumerate() {
+                let (row, even) = (&mut row[..run], tap(2 * j));
+                if 2 * j + 1 < s.patch() {
+                    let odd = tap(2 * j + 1);
+                    for ((o, &e), &d) in row.iter_mut().zip(even).zip(odd) {
+                        *o = e as u32 | ((d as u32) << 16);
+                    }
+                } else {
+                    for (o, &e) in row.iter_mut().zip(even) {
+                        *o = e as u32;
+                    }
+                }
+            }
+        })
     }
 }
 

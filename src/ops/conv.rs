@@ -12,6 +12,8 @@ mod gather;
 mod tiles;
 
 use super::add_partials;
+#[cfg(target_arch = "x86_64")]
+use super::lanes;
 use super::matmul::matmul;
 
 /// Shapes of one convolution.
@@ -225,6 +227,25 @@ fn pool_image(
     }
 }
 
+/// `db[c] += rows[c * len..][..len].iter().sum::<f32>()` for every `c`: the bias gradient of one
+/// image. The sums sixteen rows at a time in AVX-512 where the CPU has it, bit for bit the same
+/// ([`lanes`]).
+fn add_row_sums(db: &mut [f32], rows: &[f32], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if lanes::available() {
+        let mut sums = [0f32; 16];
+        for (db, rows) in db.chunks_mut(16).zip(rows.chunks(16 * len)) {
+            // SAFETY: the CPU has AVX-512 F.
+            unsafe { lanes::row_sums(rows, db.len(), len, len, &mut sums) };
+            db.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+        }
+        return;
+    }
+    for (d, row) in db.iter_mut().zip(rows.chunks(len)) {
+        *d += row.iter().sum::<f32>();
+    }
+}
+
 /// Adds `bias[o]` to the first `pixels` values of row `o` (rows `stride` apart).
 fn add_bias(out: &mut [f32], pixels: usize, stride: usize, bias: &[f32]) {
     for (o, &b) in bias.iter().enumerate() {
@@ -368,9 +389,7 @@ fn backward_with(
         let mut dconv = vec![0f32; o * pixels];
         for i in images.clone() {
             dconv_of(i, &mut dconv);
-            for (c, row) in dconv.chunks(pixels).enumerate() {
-                db[c] += row.iter().sum::<f32>();
-            }
+            add_row_sums(&mut db, &dconv, pixels);
             let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
             patches.im2col(s, x_i, &mut cols, pixels);
             // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ

@@ -9,6 +9,8 @@
 pub mod amx;
 pub mod conv;
 pub mod dense;
+#[cfg(target_arch = "x86_64")]
+pub mod lanes;
 pub mod loss;
 mod matmul;
 pub mod norm;

@@ -56,7 +56,7 @@ fn statistics(s: &NormShape, x: &[f32]) -> Vec<(f32, f32)> {
 /// (the same sums, see [`sums`]).
 fn plane_moments(s: &NormShape, x: &[f32], c: usize, mean: Option<f32>, sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if sums::available() {
+    if super::lanes::available() {
         // SAFETY: the CPU has AVX-512 F.
         return unsafe { sums::moments(s, x, c, mean, sums) };
     }
@@ -229,7 +229,7 @@ fn plane_gradients<const RELU: bool>(
     dgamma: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if sums::available() {
+    if super::lanes::available() {
         // SAFETY: the CPU has AVX-512 F.
         return unsafe { sums::gradients::<RELU>(s, (x, dy, y), c, (m, r), dbeta, dgamma) };
     }

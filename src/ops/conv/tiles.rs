@@ -7,7 +7,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{ConvShape, Patches, add_bias, col2im, each_pooled_image, per_task, pool_image};
+use super::{
+    ConvShape, Patches, add_bias, add_row_sums, col2im, each_pooled_image, per_task, pool_image,
+};
 use crate::ops::amx::{self, Aligned, pad};
 use crate::ops::written;
 
@@ -75,9 +77,7 @@ pub(super) fn backward(
     let (o, pixels) = (s.out_channels, s.out_pixels());
     TileBackward::new(s, weight).run(s, x, need_dx, |i, b, db| {
         let dy_i = &dy[i * s.out_image()..(i + 1) * s.out_image()];
-        for (c, row) in dy_i.chunks(pixels).enumerate() {
-            db[c] += row.iter().sum::<f32>();
-        }
+        add_row_sums(db, dy_i, pixels);
         amx::interleave_transposed(dy_i, o, pixels, pixels, &mut b.dconv_t, b.dconv_t_stride);
         if let Some((pairs, stride)) = b.dconv_pairs() {
             amx::interleave_rows(dy_i, o, pixels, pixels, pairs, stride);
@@ -105,10 +105,10 @@ pub(super) fn backward_pooled(
             p.fill(0);
             (amx::halves(p), *stride)
         });
+        add_row_sums(db, &dy[i * o * pooled..(i + 1) * o * pooled], pooled);
         for c in 0..o {
             let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
             let (dy_c, arg_c) = (&dy[at.clone()], &arg[at]);
-            db[c] += dy_c.iter().sum::<f32>();
             for oy in 0..oh {
                 for ox in 0..ow {
                     let (v, k) = (dy_c[oy * ow + ox], arg_c[oy * ow + ox] as usize);

@@ -17,6 +17,9 @@ pub fn available() -> bool {
 }
 
 /// `out[r] = rows[r * stride..][..len].iter().sum::<f32>()` for `count` rows, bit for bit.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`available`]).
 #[target_feature(enable = "avx512f")]
 pub fn row_sums(rows: &[f32], count: usize, len: usize, stride: usize, out: &mut [f32]) {
     assert!(
@@ -38,6 +41,9 @@ pub fn row_sums(rows: &[f32], count: usize, len: usize, stride: usize, out: &mut
 /// `S` sums of each of `count` runs of `len` terms, run `r` starting at offset `start(r)`:
 /// `terms(at, mask)` gives `S` vectors of the sixteen terms from offset `at` of one run (`mask`:
 /// the lanes inside the run; the others are ignored); run `r`'s sums go to `sums[j * count + r]`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`available`]).
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub fn sums<const S: usize>(
@@ -80,6 +86,9 @@ pub fn sums<const S: usize>(
 }
 
 /// Transposes the 16 × 16 matrix whose rows are `rows`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`available`]).
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub fn transpose(rows: &mut [__m512; 16]) {

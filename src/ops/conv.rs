@@ -147,7 +147,7 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
 /// ([`gather`]) where the CPU has it.
 fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if gather::available() {
+    if lanes::available() {
         // SAFETY: the CPU has AVX-512 F.
         return unsafe { gather::col2im(s, cols, stride, dx) };
     }

@@ -9,8 +9,8 @@
 
 use std::arch::x86_64::*;
 
-/// Whether the CPU has AVX-512 F (asked of the CPU once by the standard library, then a cached
-/// flag).
+/// Whether the CPU has AVX-512 F, which this module's and the other AVX-512 kernels need (asked
+/// of the CPU once by the standard library, then a cached flag).
 #[inline]
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")

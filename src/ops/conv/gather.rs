@@ -11,13 +11,6 @@ use std::arch::x86_64::*;
 
 use super::ConvShape;
 
-/// Whether the CPU has AVX-512 F (asked of the CPU once by the standard library, then a cached
-/// flag).
-#[inline]
-pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
 /// Input-gradient rows summed together: independent sums keep the adder busy (each sum's adds
 /// must stay in order, one after the other).
 const ROWS: usize = 4;
@@ -100,7 +93,7 @@ mod tests {
 
     #[test]
     fn the_gather_sums_as_the_scatter_does_bit_for_bit() {
-        if !available() {
+        if !crate::ops::lanes::available() {
             eprintln!("no AVX-512 here: nothing to compare");
             return;
         }
@@ -130,7 +123,7 @@ mod tests {
                 let mut want = vec![1f32; s.in_image()];
                 let mut got = vec![2f32; s.in_image()];
                 super::super::col2im_scatter(&s, &cols, stride, &mut want);
-                // SAFETY: `available` said the CPU has AVX-512 F.
+                // SAFETY: `lanes::available` said the CPU has AVX-512 F.
                 unsafe { col2im(&s, &cols, stride, &mut got) };
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{s:?}");

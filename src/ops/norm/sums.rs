@@ -119,7 +119,7 @@ mod tests {
                 for mean in [None, Some(0.25)] {
                     let (mut want, mut got) = (vec![1f32; batch], vec![2f32; batch]);
                     super::super::scalar_moments(&s, &x, c, mean, &mut want);
-                    // SAFETY: `available` said the CPU has AVX-512 F.
+                    // SAFETY: `lanes::available` said the CPU has AVX-512 F.
                     unsafe { moments(&s, &x, c, mean, &mut got) };
                     assert_eq!(bits(&got), bits(&want), "{s:?} channel {c} mean {mean:?}");
                 }

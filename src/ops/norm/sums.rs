@@ -88,6 +88,27 @@ fn plane_start(s: &NormShape, c: usize) -> impl Fn(usize) -> usize {
 mod tests {
     use super::*;
 
+    /// The gradient sums of channel `c` in AVX-512 against the scalar ones, bit for bit.
+    fn compare<const RELU: bool>(s: &NormShape, tensors: (&[f32], &[f32], &[f32]), c: usize) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let (mut want_b, mut want_g) = (vec![1f32; s.batch], vec![1f32; s.batch]);
+        let (mut got_b, mut got_g) = (vec![2f32; s.batch], vec![2f32; s.batch]);
+        let stats = (0.25, 1.5);
+        super::super::scalar_gradients::<RELU>(s, tensors, c, stats, &mut want_b, &mut want_g);
+        // SAFETY: the caller checked that the CPU has AVX-512 F.
+        unsafe { gradients::<RELU>(s, tensors, c, stats, &mut got_b, &mut got_g) };
+        assert_eq!(
+            bits(&got_b),
+            bits(&want_b),
+            "{s:?} channel {c}: dbeta, ReLU {RELU}"
+        );
+        assert_eq!(
+            bits(&got_g),
+            bits(&want_g),
+            "{s:?} channel {c}: dgamma, ReLU {RELU}"
+        );
+    }
+
     /// Planes of 49, 16 and 3 values, batches that are not multiples of 16, NaN and -0.0 among
     /// the values (a plane of -0.0 only sums to -0.0), ReLU outputs at 0, below and NaN.
     #[test]
@@ -123,42 +144,8 @@ mod tests {
                     unsafe { moments(&s, &x, c, mean, &mut got) };
                     assert_eq!(bits(&got), bits(&want), "{s:?} channel {c} mean {mean:?}");
                 }
-                let (mut want_b, mut want_g) = (vec![1f32; batch], vec![1f32; batch]);
-                let (mut got_b, mut got_g) = (vec![2f32; batch], vec![2f32; batch]);
-                let tensors = (&x[..], &dy[..], &y[..]);
-                super::super::scalar_gradients::<true>(
-                    &s,
-                    tensors,
-                    c,
-                    (0.25, 1.5),
-                    &mut want_b,
-                    &mut want_g,
-                );
-                // SAFETY: as above.
-                unsafe { gradients::<true>(&s, tensors, c, (0.25, 1.5), &mut got_b, &mut got_g) };
-                assert_eq!(bits(&got_b), bits(&want_b), "{s:?} channel {c}: dbeta");
-                assert_eq!(bits(&got_g), bits(&want_g), "{s:?} channel {c}: dgamma");
-                let plain = (&x[..], &dy[..], &dy[..]);
-                super::super::scalar_gradients::<false>(
-                    &s,
-                    plain,
-                    c,
-                    (0.25, 1.5),
-                    &mut want_b,
-                    &mut want_g,
-                );
-                // SAFETY: as above.
-                unsafe { gradients::<false>(&s, plain, c, (0.25, 1.5), &mut got_b, &mut got_g) };
-                assert_eq!(
-                    bits(&got_b),
-                    bits(&want_b),
-                    "{s:?} channel {c}: dbeta, no ReLU"
-                );
-                assert_eq!(
-                    bits(&got_g),
-                    bits(&want_g),
-                    "{s:?} channel {c}: dgamma, no ReLU"
-                );
+                compare::<true>(&s, (&x, &dy, &y), c);
+                compare::<false>(&s, (&x, &dy, &dy), c);
             }
         }
     }

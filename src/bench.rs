@@ -35,7 +35,7 @@ pub enum Workload {
     /// own, no peer script runs it.
     Speedrun,
     /// The `best` preset's residual network and recipe (bfloat16 convolutions on AMX tiles where
-    /// the CPU has them); 1 epoch, about 6 minutes on the 2-core machine, so only when asked for.
+    /// the CPU has them); 1 epoch, about 4-5 minutes on the 2-core machine, so only when asked for.
     Resnet,
 }
 

@@ -99,21 +99,14 @@ fn signal(child: &Child, sig: i32) {
     }
 }
 
-#[test]
-fn interrupted_then_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
-    let runs = TempDir::new("resume-eq");
+/// Trains with `recipe` (plus a checkpoint every 7 batches) whole, and again stopped by SIGINT
+/// inside epoch 2 and resumed: the histories and weights must be identical. Returns the
+/// whole run's metrics.
+fn check_resume_is_exact(runs: &TempDir, recipe: &[&str]) -> Vec<String> {
     let r = runs.path().to_str().unwrap();
     let data = data_dir();
-    let extra = [
-        "--preset",
-        "seed-mlp",
-        "--epochs",
-        "4",
-        "--dropout",
-        "0.1",
-        "--checkpoint-every",
-        "7",
-    ];
+    let mut extra = recipe.to_vec();
+    extra.extend_from_slice(&["--checkpoint-every", "7"]);
     let out = run(&train_args(r, "whole", &data, &extra));
     assert!(
         out.status.success(),
@@ -168,6 +161,43 @@ fn interrupted_then_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
+    metrics(&whole)
+}
+
+#[test]
+fn interrupted_then_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
+    let runs = TempDir::new("resume-eq");
+    let recipe = ["--preset", "seed-mlp", "--epochs", "4", "--dropout", "0.1"];
+    check_resume_is_exact(&runs, &recipe);
+}
+
+/// The weight average and lookahead's slow weights and step count are in the checkpoint too.
+#[test]
+fn resuming_keeps_the_weight_average_and_lookahead_exact() {
+    let runs = TempDir::new("resume-la");
+    let mlp = "epochs = 4\nema_decay = 0.99\n[model]\narch = \"mlp\"\nhidden = [60, 60]\n\
+               dropout = 0.1\n[optimizer]\nname = \"sgd\"\nlr = 0.05\nmomentum = 0.95\n";
+    let (plain, lookahead) = (runs.path().join("plain.toml"), runs.path().join("la.toml"));
+    std::fs::write(&plain, mlp).unwrap();
+    std::fs::write(&lookahead, format!("{mlp}[lookahead]\nsteps = 5\n")).unwrap();
+    let with = check_resume_is_exact(&runs, &["--config", lookahead.to_str().unwrap()]);
+    // Lookahead takes part: without it the same recipe trains differently.
+    let r = runs.path().to_str().unwrap();
+    let data = data_dir();
+    let out = run(&train_args(
+        r,
+        "plain",
+        &data,
+        &["--config", plain.to_str().unwrap()],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let without = metrics(&runs.path().join("plain"));
+    assert_eq!(with[0], without[0]);
+    assert_ne!(with[1..], without[1..]);
 }
 
 #[test]

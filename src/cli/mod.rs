@@ -105,7 +105,7 @@ pub enum DataAction {
 /// A training recipe: a preset or TOML file, then flag overrides.
 #[derive(Debug, Clone, Args, Default, PartialEq)]
 pub struct RecipeArgs {
-    /// Start from a shipped preset (seed-linear, seed-mlp).
+    /// Start from a shipped preset (seed-linear, seed-mlp, cnn, speedrun, best).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     pub preset: Option<String>,
     /// Start from a TOML configuration file.

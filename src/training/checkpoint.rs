@@ -3,9 +3,10 @@
 //! state) in one file, `checkpoint.ckpt`, replaced atomically, so a crash at any instant leaves the
 //! previous complete checkpoint or the new one.
 //!
-//! Layout: `FMNISTCK` | version u32 | four sections, each a u64 length then bytes (JSON state,
-//! model burnpack, optimiser record, averaged-weights burnpack or nothing) | SHA-256 of all
-//! preceding bytes.
+//! Layout: `FMNISTCK` | version u32 | five sections, each a u64 length then bytes (JSON state,
+//! model burnpack, optimiser record, averaged-weights burnpack or nothing, lookahead's
+//! slow-weights burnpack or nothing) | SHA-256 of all preceding bytes. Version 2, without the
+//! last section, still reads.
 
 use std::path::Path;
 
@@ -17,8 +18,10 @@ use crate::error::{Error, Result};
 use crate::fsio;
 
 const MAGIC: &[u8; 8] = b"FMNISTCK";
-const VERSION: u32 = 2;
-const SECTIONS: usize = 4;
+const VERSION: u32 = 3;
+const SECTIONS: usize = 5;
+/// The previous format, written before lookahead existed: the same without its section.
+const VERSION_2: u32 = 2;
 /// File name inside a run directory.
 pub const FILE_NAME: &str = "checkpoint.ckpt";
 
@@ -48,6 +51,9 @@ pub struct Position {
     pub finished: bool,
     /// Updates folded into the weight average so far.
     pub ema_updates: usize,
+    /// Optimiser steps counted by lookahead so far.
+    #[serde(default)]
+    pub lookahead_steps: usize,
 }
 
 /// A checkpoint in memory.
@@ -57,6 +63,8 @@ pub struct Checkpoint {
     pub optimizer: Vec<u8>,
     /// The averaged weights (empty without a weight average).
     pub ema: Vec<u8>,
+    /// Lookahead's slow weights (empty without lookahead).
+    pub lookahead: Vec<u8>,
 }
 
 impl Checkpoint {
@@ -72,6 +80,7 @@ impl Checkpoint {
             &self.model[..],
             &self.optimizer[..],
             &self.ema[..],
+            &self.lookahead[..],
         ] {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
@@ -97,14 +106,18 @@ impl Checkpoint {
             return Err(damaged("checksum mismatch"));
         }
         let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
-        if version != VERSION {
-            return Err(damaged(&format!(
-                "format version {version}, expected {VERSION}"
-            )));
-        }
+        let count = match version {
+            VERSION => SECTIONS,
+            VERSION_2 => SECTIONS - 1,
+            _ => {
+                return Err(damaged(&format!(
+                    "format version {version}, expected {VERSION}"
+                )));
+            }
+        };
         let mut at = 12;
         let mut sections = Vec::new();
-        for _ in 0..SECTIONS {
+        for _ in 0..count {
             let mut len_bytes = [0u8; 8];
             len_bytes.copy_from_slice(body.get(at..at + 8).ok_or_else(|| damaged("truncated"))?);
             let len = u64::from_le_bytes(len_bytes) as usize;
@@ -115,7 +128,8 @@ impl Checkpoint {
         }
         let position: Position = serde_json::from_slice(&sections[0])
             .map_err(|e| damaged(&format!("bad state: {e}")))?;
-        let [_, model, optimizer, ema]: [Vec<u8>; SECTIONS] = sections
+        sections.resize(SECTIONS, Vec::new());
+        let [_, model, optimizer, ema, lookahead]: [Vec<u8>; SECTIONS] = sections
             .try_into()
             .map_err(|_| damaged("missing sections"))?;
         Ok(Checkpoint {
@@ -123,6 +137,7 @@ impl Checkpoint {
             model,
             optimizer,
             ema,
+            lookahead,
         })
     }
 
@@ -164,12 +179,14 @@ mod tests {
             model: vec![1, 2, 3],
             optimizer: vec![9; 100],
             ema: vec![],
+            lookahead: vec![4, 5],
         };
         let bytes = ck.to_bytes();
         let back = Checkpoint::from_bytes(Path::new("c"), &bytes)?;
         assert_eq!(back.position, ck.position);
         assert_eq!(back.model, ck.model);
         assert_eq!(back.optimizer, ck.optimizer);
+        assert_eq!(back.lookahead, ck.lookahead);
         let mut bad = bytes.clone();
         bad[30] ^= 1;
         let err = Checkpoint::from_bytes(Path::new("c"), &bad)
@@ -190,6 +207,38 @@ mod tests {
         .ok_or("expected an error")?
         .to_string();
         assert!(err.contains("not an fmnist checkpoint"), "{err}");
+        Ok(())
+    }
+
+    /// A checkpoint of the format before lookahead: four sections, a state without its count.
+    #[test]
+    fn version_2_still_reads() -> Result<(), Box<dyn std::error::Error>> {
+        let mut state = serde_json::to_value(Position {
+            epoch: 47,
+            batch: 212,
+            ema_updates: 22_000,
+            ..Default::default()
+        })?;
+        state
+            .as_object_mut()
+            .ok_or("a position is an object")?
+            .remove("lookahead_steps");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION_2.to_le_bytes());
+        for section in [serde_json::to_vec(&state)?, vec![1], vec![2], vec![3]] {
+            bytes.extend_from_slice(&(section.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&section);
+        }
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+        let back = Checkpoint::from_bytes(Path::new("c"), &bytes)?;
+        assert_eq!((back.position.epoch, back.position.batch), (47, 212));
+        assert_eq!(back.position.lookahead_steps, 0);
+        assert_eq!(
+            (back.model, back.optimizer, back.ema),
+            (vec![1], vec![2], vec![3])
+        );
+        assert!(back.lookahead.is_empty());
         Ok(())
     }
 }

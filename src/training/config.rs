@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::lookahead::LookaheadConfig;
 use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
 use crate::data::batcher::{Augmentation, Normalization};
@@ -140,6 +141,8 @@ pub struct TrainConfig {
     /// Decay of an exponential moving average of the weights, updated every batch and used for
     /// evaluation and the saved weights (0 disables it; 0.999 is typical).
     pub ema_decay: f64,
+    /// Lookahead around the optimiser (off unless `steps` is set).
+    pub lookahead: LookaheadConfig,
     /// Precision of the convolutions' matrix products, as PyTorch's
     /// `set_float32_matmul_precision`: `highest` (f32) or `medium` (bfloat16 operands with f32
     /// sums, on CPUs with AMX tiles; f32 elsewhere). Configurations saved before this key existed
@@ -164,6 +167,7 @@ impl Default for TrainConfig {
             early_stopping: EarlyStopping::default(),
             label_smoothing: 0.0,
             ema_decay: 0.0,
+            lookahead: LookaheadConfig::default(),
             matmul_precision: MatmulPrecision::Highest,
             provenance: None,
         }
@@ -255,6 +259,7 @@ impl TrainConfig {
         }
         self.model.validate()?;
         self.optimizer.validate()?;
+        self.lookahead.validate()?;
         self.schedule.validate()
     }
 
@@ -337,6 +342,8 @@ mod tests {
         let err =
             TrainConfig::from_toml("[model]\nactivation = \"swish\"\n", "z.toml").unwrap_err();
         assert!(err.to_string().contains("swish"), "{err}");
+        let err = TrainConfig::from_toml("[lookahead]\nalpha = 2.0\n", "z.toml").unwrap_err();
+        assert!(err.to_string().contains("lookahead.alpha = 2"), "{err}");
         let err = TrainConfig::from_toml("[data]\ntta_shift = 9\n", "z.toml").unwrap_err();
         assert!(err.to_string().contains("data.tta_shift = 9"), "{err}");
         let err = TrainConfig::from_toml("matmul_precision = \"low\"\n", "p.toml").unwrap_err();

@@ -1,6 +1,7 @@
 //! Training: configuration ([`config`]), optimisers ([`optimizer`]; one-pass SGD and Adam in
-//! [`sgd`] and [`adam`]), learning-rate schedules
-//! ([`schedule`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
+//! [`sgd`] and [`adam`]), weight averaging ([`ema`]) and [`lookahead`] on host copies of the
+//! weights ([`shadow`]), learning-rate schedules
+//! ([`schedule`]), what a step updates ([`learner`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
 //! history ([`history`]) and run directories ([`run_dir`]).
 
 pub mod adam;
@@ -8,11 +9,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod history;
+pub mod learner;
+pub mod lookahead;
 pub mod optimizer;
 pub mod progress;
 pub mod run_dir;
 pub mod schedule;
 pub mod sgd;
+pub mod shadow;
 pub mod trainer;
 
 pub use config::TrainConfig;

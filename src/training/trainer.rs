@@ -7,17 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::checkpoint::{Checkpoint, Position};
 use super::config::{EarlyStopping, TrainConfig};
-use super::ema::Ema;
 use super::history::EpochRecord;
+use super::learner::Learner;
 use super::run_dir::{RunDir, RunResult, Weights};
 use crate::data::batcher::Batcher;
 use crate::data::prefetch::Prefetcher;
@@ -160,12 +159,10 @@ pub fn train_with(
     )?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let model = config.model.init(&train_device);
-    let optimizer = config.optimizer.init();
+    let learner = Learner::new(config, &train_device);
     let position = Position::default();
-    let ema = (config.ema_decay > 0.0).then(|| Ema::new(config.ema_decay, &model, 0));
-    save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
-    Trainer::new(config, data, run, device, options).run(model, optimizer, ema, position, reporter)
+    learner.save_checkpoint(run, &position)?;
+    Trainer::new(config, data, run, device, options).run(learner, position, reporter)
 }
 
 /// Continues the run in `run` from its checkpoint, with the configuration saved there.
@@ -185,42 +182,9 @@ pub fn resume(
         });
     }
     clean_temporaries(&run.path);
-    let train_device = device.clone().autodiff();
-    let wrong_model = |e: String| Error::Run {
-        path: run.file(super::checkpoint::FILE_NAME),
-        reason: format!(
-            "the checkpoint does not fit this run's model ({e}); it belongs to another run"
-        ),
-    };
-    // A model of this run's configuration on `device`, with the weights of a checkpoint section.
-    let load = |bytes: Vec<u8>, device: &Device| {
-        burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
-            .and_then(|record| config.model.init(device).try_load_record(record))
-            .map_err(|e| wrong_model(e.to_string()))
-    };
-    let model = load(checkpoint.model, &train_device)?.train();
-    let optimizer = config
-        .optimizer
-        .init()
-        .from_bytes(Bytes::from_bytes_vec(checkpoint.optimizer))
-        .map_err(|e| wrong_model(e.to_string()))?;
-    let ema = if config.ema_decay > 0.0 {
-        let averaged = load(checkpoint.ema, device)?;
-        Some(Ema::new(
-            config.ema_decay,
-            &averaged,
-            checkpoint.position.ema_updates,
-        ))
-    } else {
-        None
-    };
-    Trainer::new(&config, data, run, device, options).run(
-        model,
-        optimizer,
-        ema,
-        checkpoint.position,
-        reporter,
-    )
+    let position = checkpoint.position.clone();
+    let learner = Learner::restore(&config, checkpoint, run, device)?;
+    Trainer::new(&config, data, run, device, options).run(learner, position, reporter)
 }
 
 /// Removes temporary files left by a process killed while writing.
@@ -233,39 +197,6 @@ fn clean_temporaries(dir: &std::path::Path) {
             }
         }
     }
-}
-
-fn save_checkpoint(
-    run: &RunDir,
-    model: &Model,
-    optimizer: &ModuleOptimizer,
-    ema: Option<&Ema>,
-    position: &Position,
-) -> Result<()> {
-    let path = run.file(super::checkpoint::FILE_NAME);
-    let failed = |e: String| Error::io(&path, std::io::Error::other(e));
-    let record = |m: Model| {
-        m.into_record()
-            .into_bytes()
-            .map(|b| b.to_vec())
-            .map_err(|e| failed(e.to_string()))
-    };
-    let ema = match ema {
-        Some(ema) => record(ema.apply(model))?,
-        None => Vec::new(),
-    };
-    let model = record(model.valid())?;
-    let optimizer = optimizer
-        .into_bytes()
-        .map_err(|e| failed(e.to_string()))?
-        .to_vec();
-    Checkpoint {
-        position: position.clone(),
-        model,
-        optimizer,
-        ema,
-    }
-    .save(&run.path)
 }
 
 /// One run's fixed inputs.
@@ -318,25 +249,21 @@ impl<'a> Trainer<'a> {
 
     fn run(
         &self,
-        model: Model,
-        optimizer: ModuleOptimizer,
-        ema: Option<Ema>,
+        learner: Learner,
         position: Position,
         reporter: &mut dyn Reporter,
     ) -> Result<RunResult> {
         let prefetcher = Prefetcher::new(&self.batcher, &self.train_split);
         with_polling_workers(
             || prefetcher.help(),
-            || self.run_epochs(&prefetcher, model, optimizer, ema, position, reporter),
+            || self.run_epochs(&prefetcher, learner, position, reporter),
         )
     }
 
     fn run_epochs(
         &self,
         prefetcher: &Prefetcher,
-        mut model: Model,
-        mut optimizer: ModuleOptimizer,
-        mut ema: Option<Ema>,
+        mut learner: Learner,
         mut position: Position,
         reporter: &mut dyn Reporter,
     ) -> Result<RunResult> {
@@ -391,7 +318,7 @@ impl<'a> Trainer<'a> {
                         &train_device,
                     )
                 };
-                let logits = model.forward(batch.images);
+                let logits = learner.model.forward(batch.images);
                 let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
                 let loss_value = loss.clone().into_scalar::<f64>();
                 position.batch = b + 1;
@@ -403,12 +330,8 @@ impl<'a> Trainer<'a> {
                         .count() as i64;
                     position.loss_sum += loss_value * indices.len() as f64;
                     position.seen += indices.len();
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    model = optimizer.step(lr, model, grads);
-                    if let Some(ema) = &mut ema {
-                        ema.update(&model);
-                        position.ema_updates = ema.updates;
-                    }
+                    let grads = GradientsParams::from_grads(loss.backward(), &learner.model);
+                    learner = learner.step(lr, grads, &mut position);
                 } else if self.options.on_nan == NanPolicy::Skip {
                     position.skipped_batches += 1;
                 } else {
@@ -431,7 +354,7 @@ impl<'a> Trainer<'a> {
                 if b + 1 < batches && (interrupted || (every > 0 && (b + 1) % every == 0)) {
                     position.epoch_seconds += clock.elapsed().as_secs_f64();
                     position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-                    save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
+                    learner.save_checkpoint(run, &position)?;
                     clock = Instant::now();
                     if interrupted {
                         return Err(Error::Interrupted {
@@ -445,10 +368,7 @@ impl<'a> Trainer<'a> {
             let seconds = position.epoch_seconds + clock.elapsed().as_secs_f64();
 
             let eval_start = Instant::now();
-            let valid = match &ema {
-                Some(ema) => ema.apply(&model),
-                None => model.valid(),
-            };
+            let valid = learner.evaluated();
             let scores = evaluate_with(
                 &valid,
                 &self.val_split,
@@ -487,7 +407,7 @@ impl<'a> Trainer<'a> {
             position.epoch_seconds = 0.0;
             position.finished = stop || position.epoch == config.epochs;
             position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-            save_checkpoint(run, &model, &optimizer, ema.as_ref(), &position)?;
+            learner.save_checkpoint(run, &position)?;
             reporter.epoch_end(&record, config.epochs);
             if !position.finished && self.interrupted() {
                 return Err(Error::Interrupted {
@@ -497,11 +417,7 @@ impl<'a> Trainer<'a> {
                 });
             }
         }
-        let final_model = match &ema {
-            Some(ema) => ema.apply(&model),
-            None => model.valid(),
-        };
-        self.finish(&position, final_model)
+        self.finish(&position, learner.evaluated())
     }
 
     /// Writes `result.json` once the run has ended.

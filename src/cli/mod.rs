@@ -183,6 +183,7 @@ pub enum ScheduleArg {
     HoldDecay,
     Step,
     Cosine,
+    OneCycle,
 }
 
 impl RecipeArgs {
@@ -232,6 +233,7 @@ impl RecipeArgs {
                 ScheduleArg::HoldDecay => ScheduleKind::HoldDecay,
                 ScheduleArg::Step => ScheduleKind::Step,
                 ScheduleArg::Cosine => ScheduleKind::Cosine,
+                ScheduleArg::OneCycle => ScheduleKind::OneCycle,
             };
         }
         set(&mut c.schedule.hold_epochs, self.hold_epochs);
@@ -445,5 +447,57 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Plot(args) => commands::plot(args),
         Command::Predict(args) => commands::predict(args),
         Command::Bench(args) => commands::bench(args, cli.threads),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(args: &[&str]) -> Result<TrainConfig, Box<dyn std::error::Error>> {
+        let cli = Cli::try_parse_from(["fmnist", "train"].iter().chain(args))?;
+        match cli.command {
+            Command::Train(train) => Ok(train.recipe.resolve()?),
+            other => Err(format!("parsed as {other:?}").into()),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_preset() -> Result<(), Box<dyn std::error::Error>> {
+        let c = recipe(&[
+            "--preset",
+            "cnn",
+            "--epochs",
+            "3",
+            "--schedule",
+            "one-cycle",
+        ])?;
+        let preset = TrainConfig::preset("cnn")?;
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.schedule.name, ScheduleKind::OneCycle);
+        assert_eq!((c.model, c.optimizer), (preset.model, preset.optimizer));
+        let c = recipe(&[
+            "--model",
+            "linear",
+            "--lr",
+            "0.1",
+            "--nesterov",
+            "--seed",
+            "7",
+        ])?;
+        assert_eq!(c.model.arch, Arch::Linear);
+        assert!(c.model.hidden.is_empty());
+        assert_eq!(
+            (c.optimizer.lr, c.optimizer.nesterov, c.seed),
+            (0.1, true, 7)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_flag_value_names_the_option() {
+        let err = recipe(&["--dropout", "1.5"]).err().map(|e| e.to_string());
+        let msg = err.unwrap_or_default();
+        assert!(msg.starts_with("invalid option: model.dropout"), "{msg}");
     }
 }

@@ -154,6 +154,12 @@ fn shipped_studies_parse() {
     );
     assert_eq!(seed.groups[0].runs[0].config.epochs, 300);
     assert_eq!(seed.groups[2].runs.len(), 5);
+    let lookahead =
+        Study::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/lookahead.toml")).unwrap();
+    let runs = &lookahead.groups[0].runs;
+    let steps: Vec<usize> = runs.iter().map(|r| r.config.lookahead.steps).collect();
+    assert_eq!(steps, [0, 0, 0, 5, 5, 5]);
+    assert_eq!(runs[4].config.seed, 2);
 }
 
 /// A history whose test loss bottoms out at `best` and rises after it.

@@ -388,7 +388,8 @@ pub fn write_confusion(confusion: &[[usize; 10]; 10], title: &str, path: &Path) 
 }
 
 /// A grid of misclassified images (`(pixels, true class, predicted class)`), upscaled, each
-/// captioned "true -> predicted".
+/// captioned on two lines: the true class, then "-> predicted" (one line overflowed the cell for
+/// long names such as "Ankle boot -> Sneaker").
 pub fn write_misclassified(
     examples: &[(&[u8], usize, usize)],
     title: &str,
@@ -396,27 +397,25 @@ pub fn write_misclassified(
 ) -> Result<()> {
     register_font();
     const COLS: usize = 8;
-    const CELL: i32 = 112;
     const SCALE: i32 = 3;
-    let rows = examples.len().div_ceil(COLS).max(1);
+    const CELL_WIDTH: i32 = 112;
+    const CAPTION_LINE: i32 = 14;
+    const CELL_HEIGHT: i32 = 28 * SCALE + 2 * CAPTION_LINE + 8;
+    const TOP: i32 = 40;
+    let rows = examples.len().div_ceil(COLS).max(1) as i32;
     let tmp = fsio::temp_path(path);
     let drawn = (|| -> std::result::Result<(), String> {
-        let root = BitMapBackend::new(
-            &tmp,
-            (
-                (COLS as i32 * CELL) as u32,
-                (rows as i32 * CELL + 40) as u32,
-            ),
-        )
-        .into_drawing_area();
+        let size = (COLS as i32 * CELL_WIDTH, rows * CELL_HEIGHT + TOP);
+        let root = BitMapBackend::new(&tmp, (size.0 as u32, size.1 as u32)).into_drawing_area();
         let err = |e: DrawingAreaErrorKind<_>| format!("{e}");
         root.fill(&WHITE).map_err(err)?;
         root.draw(&Text::new(title.to_string(), (10, 8), (FONT, 20)))
             .map_err(err)?;
         let names = crate::data::CLASS_NAMES;
         for (k, (pixels, truth, predicted)) in examples.iter().enumerate() {
-            let (cx, cy) = ((k % COLS) as i32 * CELL, (k / COLS) as i32 * CELL + 40);
-            let x0 = cx + (CELL - 28 * SCALE) / 2;
+            let cx = (k % COLS) as i32 * CELL_WIDTH;
+            let cy = (k / COLS) as i32 * CELL_HEIGHT + TOP;
+            let x0 = cx + (CELL_WIDTH - 28 * SCALE) / 2;
             for (i, &v) in pixels.iter().enumerate() {
                 let (px, py) = (x0 + (i % 28) as i32 * SCALE, cy + (i / 28) as i32 * SCALE);
                 let shade = 255 - v; // dark on light reads better on a white page
@@ -426,10 +425,16 @@ pub fn write_misclassified(
                 ))
                 .map_err(err)?;
             }
-            let caption = format!("{} -> {}", short(names[*truth]), short(names[*predicted]));
+            let below = cy + 28 * SCALE + 4;
             root.draw(&Text::new(
-                caption,
-                (cx + 4, cy + 28 * SCALE + 4),
+                short(names[*truth]).to_string(),
+                (cx + 6, below),
+                (FONT, 12).into_font().color(&BLACK),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(
+                format!("-> {}", short(names[*predicted])),
+                (cx + 6, below + CAPTION_LINE),
                 (FONT, 12).into_font().color(&PALETTE[1]),
             ))
             .map_err(err)?;
@@ -454,5 +459,38 @@ fn finish_png(drawn: std::result::Result<(), String>, tmp: &Path, path: &Path) -
             let _ = std::fs::remove_file(tmp);
             Err(Error::io(path, std::io::Error::other(message)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misclassified_grid_has_a_two_line_caption_row_under_each_image()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("fmnist-grid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("grid.png");
+        let pixels = [128u8; 784];
+        // Nine examples: two rows of eight cells.
+        let examples: Vec<(&[u8], usize, usize)> =
+            (0..9).map(|k| (&pixels[..], 9, k % 9)).collect();
+        write_misclassified(&examples, "grid", &path)?;
+        let picture = image::open(&path)?.to_rgb8();
+        std::fs::remove_dir_all(&dir)?;
+        assert_eq!(picture.dimensions(), (8 * 112, 2 * 120 + 40));
+        // The first image (grey 128, upscaled 3x, centred in its 112-pixel cell) ends at row
+        // 40 + 84; its two caption lines sit below it and above the next row of images.
+        assert_eq!(picture.get_pixel(56, 40 + 42).0, [127, 127, 127]);
+        let inked = |rows: std::ops::Range<u32>| {
+            rows.flat_map(|y| (0..112).map(move |x| (x, y)))
+                .filter(|&(x, y)| picture.get_pixel(x, y).0 != [255, 255, 255])
+                .count()
+        };
+        assert!(inked(40 + 86..40 + 102) > 20, "no first caption line");
+        assert!(inked(40 + 102..40 + 118) > 20, "no second caption line");
+        assert_eq!(inked(40 + 84..40 + 86), 0);
+        Ok(())
     }
 }

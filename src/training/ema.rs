@@ -49,12 +49,13 @@ mod tests {
 
     use super::*;
     use crate::model::ModelConfig;
+    use crate::training::shadow::tests::Shift;
 
     #[test]
     fn averages_with_the_warmed_up_decay_and_applies_the_average() {
         let device = Device::default();
         let first = ModelConfig::linear().init(&device);
-        let second = Ema::new(0.0, &first, 0).apply(&first).map(&mut Halve);
+        let second = first.clone().map(&mut Shift(-1.5));
         let mut ema = Ema::new(0.99, &first, 0);
         ema.update(&second);
         // Decay min(0.99, (1 + 0) / (10 + 0)) = 0.1 at the first update.
@@ -68,17 +69,5 @@ mod tests {
         assert_eq!(weights(&ema.apply(&first)), want);
         assert_eq!(ema.updates, 1);
         assert_ne!(want, weights(&first));
-    }
-
-    /// Halves every weight and subtracts one.
-    struct Halve;
-
-    impl burn::module::ModuleMapper for Halve {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            param.map(|t| t.mul_scalar(0.5).sub_scalar(1.0))
-        }
     }
 }

@@ -59,21 +59,16 @@ impl Learner {
                 .map_err(|e| wrong_model(e.to_string()))
         };
         let position = &checkpoint.position;
-        let ema = match config.ema_decay > 0.0 {
-            true => {
-                let averaged = load(checkpoint.ema, device)?;
-                Some(Ema::new(config.ema_decay, &averaged, position.ema_updates))
-            }
-            false => None,
-        };
-        let lookahead = match config.lookahead.enabled() {
-            true => {
-                let slow = load(checkpoint.lookahead, device)?;
-                let steps = position.lookahead_steps;
-                Some(Lookahead::new(&config.lookahead, &slow, steps))
-            }
-            false => None,
-        };
+        let ema = (config.ema_decay > 0.0)
+            .then(|| load(checkpoint.ema, device))
+            .transpose()?
+            .map(|averaged| Ema::new(config.ema_decay, &averaged, position.ema_updates));
+        let lookahead = config
+            .lookahead
+            .enabled()
+            .then(|| load(checkpoint.lookahead, device))
+            .transpose()?
+            .map(|slow| Lookahead::new(&config.lookahead, &slow, position.lookahead_steps));
         Ok(Learner {
             model: load(checkpoint.model, &device.clone().autodiff())?.train(),
             optimizer: config

@@ -73,7 +73,7 @@ impl Lookahead {
     /// weights toward `model`'s and returns `model` with them (same parameters, same device).
     pub fn step(&mut self, model: Model) -> Model {
         self.steps += 1;
-        if !self.steps.is_multiple_of(self.config.steps.max(1)) {
+        if !self.steps.is_multiple_of(self.config.steps) {
             return model;
         }
         let alpha = self.config.alpha;
@@ -93,18 +93,7 @@ mod tests {
 
     use super::*;
     use crate::model::ModelConfig;
-
-    /// Adds `by` to every weight.
-    struct Shift(f32);
-
-    impl burn::module::ModuleMapper for Shift {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            param.map(|t| t.add_scalar(self.0))
-        }
-    }
+    use crate::training::shadow::tests::Shift;
 
     #[test]
     fn synchronises_every_k_steps() {

@@ -109,7 +109,7 @@ impl ShadowWeights {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use burn::optim::GradientsParams;
 
     use super::*;
@@ -131,5 +131,14 @@ mod tests {
         let x = Tensor::<4>::ones([2, 1, 28, 28], &device);
         let grads = GradientsParams::from_grads(moved.forward(x).sum().backward(), &moved);
         assert_eq!(grads.len(), 2);
+    }
+
+    /// Adds a number to every weight (a stand-in for an optimiser step in tests).
+    pub(crate) struct Shift(pub f32);
+
+    impl ModuleMapper for Shift {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.add_scalar(self.0))
+        }
     }
 }

@@ -111,3 +111,35 @@ pub fn flush_denormals() {
         }
     }
 }
+
+/// Checks that `name` (of a run or a study group, from a command line or a study file) is one
+/// plain file name: ASCII letters, digits, `.`, `_`, `-` and `+`, not starting with `.`, at most
+/// 100 characters. Such a name joined to a directory stays inside it, whatever the file said.
+pub fn check_plain_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+');
+    if name.is_empty() || name.len() > 100 || name.starts_with('.') || !name.chars().all(plain) {
+        return Err(format!(
+            "{what} {name:?} is not a plain name: use 1-100 letters, digits, '.', '_', '-' or '+', \
+             not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_plain_name;
+
+    #[test]
+    fn plain_names_stay_inside_their_directory() {
+        for good in ["mlp-relu", "lr-0.05", "h60-60", "a_b+c", "X1"] {
+            assert!(check_plain_name("run name", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(101);
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "/etc", "a b", "é", &long,
+        ] {
+            assert!(check_plain_name("run name", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -73,7 +73,8 @@ fn bad_values_are_refused_with_exit_code_2() {
     let out = fmnist(&["summary", "--activation", "swish"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("unknown activation"),
+        stderr(&out).contains("invalid value 'swish' for '--activation <NAME>'")
+            && stderr(&out).contains("leaky-relu"),
         "{}",
         stderr(&out)
     );

@@ -232,5 +232,9 @@ fn bad_run_directories_and_outputs() {
         2,
         &["not a run directory"],
     );
-    assert_error(&fmnist(&["train", "--name", "a/b"]), 2, &["--name \"a/b\""]);
+    assert_error(
+        &fmnist(&["train", "--name", "a/b"]),
+        2,
+        &["--name: run name \"a/b\" is not a plain name"],
+    );
 }

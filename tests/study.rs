@@ -140,13 +140,12 @@ fn unknown_keys_and_wrong_types_name_the_key_and_line() {
 
 #[test]
 fn shipped_studies_parse() {
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("studies")).unwrap() {
+    for entry in std::fs::read_dir(common::project_dir().join("studies")).unwrap() {
         let path = entry.unwrap().path();
         let study = Study::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(!study.groups.is_empty(), "{}", path.display());
     }
-    let seed =
-        Study::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/seed.toml")).unwrap();
+    let seed = Study::load(&common::project_dir().join("studies/seed.toml")).unwrap();
     let groups: Vec<&str> = seed.groups.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(
         groups,
@@ -154,8 +153,7 @@ fn shipped_studies_parse() {
     );
     assert_eq!(seed.groups[0].runs[0].config.epochs, 300);
     assert_eq!(seed.groups[2].runs.len(), 5);
-    let lookahead =
-        Study::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/lookahead.toml")).unwrap();
+    let lookahead = Study::load(&common::project_dir().join("studies/lookahead.toml")).unwrap();
     let runs = &lookahead.groups[0].runs;
     let steps: Vec<usize> = runs.iter().map(|r| r.config.lookahead.steps).collect();
     assert_eq!(steps, [0, 0, 0, 5, 5, 5]);
@@ -173,6 +171,7 @@ fn synthetic_history(epochs: usize, best: usize, offset: f64) -> History {
                 EpochRecord {
                     epoch: e,
                     lr: 0.05,
+                    lr_last: None,
                     loss,
                     acc: 1.0 - loss / 3.0,
                     val_loss,
@@ -202,7 +201,7 @@ fn completed(planned: &PlannedRun, history: History) -> CompletedRun {
             total_seconds: 1.0,
             parameters: 51_370,
             stopped_epoch: None,
-            final_weights: "last".into(),
+            final_weights: fmnist::training::Weights::Last,
             skipped_batches: 0,
         },
         history,
@@ -277,10 +276,12 @@ fn report_from_synthetic_histories() {
 /// no error may be reported.
 #[test]
 fn report_opens_in_a_real_browser() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("Chromium is needed for this test: apt-get install chromium (.ci/run installs it)");
+    let chromium = common::on_path("chromium").or_else(|| common::on_path("chromium-browser"));
+    let fix = "apt-get install chromium; .ci/run installs it";
+    if !common::require("Chromium", chromium.is_some(), fix) {
+        return;
+    }
+    let chromium = chromium.expect("checked above");
     let dir = TempDir::new("browser");
     let html = synthetic_report(dir.path());
     let probe = r#"<script>
@@ -411,4 +412,90 @@ fn an_interrupted_study_resumes_without_retraining_completed_runs() {
             .iter()
             .all(|r| !r.reused)
     );
+}
+
+/// A study with problems in several runs, far apart: every one is reported at once, before any
+/// run trains or any directory is made.
+#[test]
+fn every_problem_of_a_study_is_reported_before_anything_trains() {
+    let dir = TempDir::new("study-problems");
+    let file = dir.path().join("bad.toml");
+    let mut text = String::from("[defaults]\npreset = \"seed-mlp\"\nepochs = 1\n");
+    for i in 0..56 {
+        text.push_str(&format!(
+            "[[group]]\nname = \"g{i}\"\n[[group.run]]\nlr = 0.01\n"
+        ));
+    }
+    text.push_str(
+        "[[group]]\nname = \"late\"\n[[group.run]]\nname = \"lr\"\nlr = [0.1, -1.0]\n\
+         [[group.run]]\nname = \"../../escape\"\n[[group.run]]\nname = \"act\"\nactivation = \"swish\"\n\
+         [[group]]\nname = \"../plots\"\n[[group.run]]\nname = \"ok\"\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args(["study", "--offline", "--data-dir", "/nonexistent"])
+        .arg(&file)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: the study has 4 problems (nothing was trained)"),
+        "{err}"
+    );
+    assert!(err.contains("run \"lr--1.0\": optimizer.lr = -1"), "{err}");
+    assert!(
+        err.contains("run name \"../../escape\" is not a plain name"),
+        "{err}"
+    );
+    assert!(err.contains("swish"), "{err}");
+    assert!(
+        err.contains("group name \"../plots\" is not a plain name"),
+        "{err}"
+    );
+    assert!(
+        !out_dir.exists(),
+        "nothing may be written for a refused study"
+    );
+    assert!(!dir.path().join("escape").exists());
+}
+
+/// Names from a study file or the command line never lead outside the directories given.
+#[test]
+fn hostile_names_are_refused_wherever_they_become_paths() {
+    for name in ["../x", "a/b", "..", ".hidden", "/tmp/x", "a\\b"] {
+        let run = format!("[[group]]\nname = \"g\"\n[[group.run]]\nname = {name:?}\n");
+        assert!(
+            parse_err(&run).contains("is not a plain name"),
+            "run name {name:?}"
+        );
+        let group = format!("[[group]]\nname = {name:?}\n[[group.run]]\nname = \"r\"\n");
+        assert!(
+            parse_err(&group).contains("is not a plain name"),
+            "group name {name:?}"
+        );
+        // A listed value becomes part of a run's name: it is checked too.
+        let listed = format!(
+            "[[group]]\nname = \"g\"\n[[group.run]]\nname = \"r\"\nactivation = [{name:?}]\n"
+        );
+        assert!(parse(&listed).is_err(), "listed value {name:?}");
+    }
+    let dir = TempDir::new("hostile-train");
+    let runs = dir.path().join("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args(["train", "--offline", "--name", "../outside", "--runs-dir"])
+        .arg(&runs)
+        .args(["--data-dir", "/nonexistent", "--epochs", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("run name \"../outside\" is not a plain name"),
+        "{err}"
+    );
+    assert!(!dir.path().join("outside").exists());
 }

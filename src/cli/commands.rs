@@ -51,15 +51,8 @@ pub fn data(args: DataCommand) -> Result<()> {
         }
         return Ok(());
     }
-    let location = files::locate(args.data.data_dir.as_deref())?.ok_or_else(|| {
-        Error::DataNotFound(format!(
-            "Fashion-MNIST not found (looked in ${}, {} and {}); {}",
-            files::DATA_ENV,
-            files::cache_dir().display(),
-            files::SYSTEM_DIR,
-            files::INSTALL_HINT
-        ))
-    })?;
+    let location =
+        files::locate(args.data.data_dir.as_deref())?.ok_or_else(|| files::not_found(""))?;
     let started = std::time::Instant::now();
     let dataset = data::load(location, !args.data.no_verify)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -251,6 +244,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let mut config = args.recipe.resolve()?;
+    if let Some(name) = &args.name {
+        crate::fsio::check_plain_name("run name", name)
+            .map_err(|e| Error::Usage(format!("--name: {e}")))?;
+    }
     let dataset = data::obtain(&args.data.options())?;
     let run = RunDir::create(
         &args.runs_dir,

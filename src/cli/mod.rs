@@ -14,6 +14,7 @@ use crate::training::Weights;
 use crate::training::config::TrainConfig;
 use crate::training::optimizer::OptimizerKind;
 use crate::training::schedule::ScheduleKind;
+use crate::training::settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,12 +114,12 @@ pub struct RecipeArgs {
     pub config: Option<PathBuf>,
     /// Model family.
     #[arg(long, value_enum, value_name = "ARCH")]
-    pub model: Option<ArchArg>,
+    pub model: Option<Arch>,
     /// Hidden layer widths, comma-separated (for example 60,60).
     #[arg(long, value_delimiter = ',', value_name = "W,W,...")]
     pub hidden: Option<Vec<usize>>,
-    /// Hidden-layer activation: relu, elu, selu, tanh, sigmoid, gelu, leaky-relu.
-    #[arg(long, value_name = "NAME")]
+    /// Hidden-layer activation.
+    #[arg(long, value_enum, value_name = "NAME")]
     pub activation: Option<ActivationKind>,
     /// Dropout rate after each hidden layer.
     #[arg(long, allow_negative_numbers = true, value_name = "RATE")]
@@ -132,7 +133,7 @@ pub struct RecipeArgs {
     pub seed: Option<u64>,
     /// Optimiser.
     #[arg(long, value_enum, value_name = "NAME")]
-    pub optimizer: Option<OptimizerArg>,
+    pub optimizer: Option<OptimizerKind>,
     /// Base learning rate.
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
@@ -145,7 +146,7 @@ pub struct RecipeArgs {
     pub weight_decay: Option<f64>,
     /// Learning-rate schedule.
     #[arg(long, value_enum, value_name = "NAME")]
-    pub schedule: Option<ScheduleArg>,
+    pub schedule: Option<ScheduleKind>,
     /// Hold-decay schedule: epochs at the base rate.
     #[arg(long, value_name = "E")]
     pub hold_epochs: Option<usize>,
@@ -160,93 +161,96 @@ pub struct RecipeArgs {
     pub standardize: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
-pub enum ArchArg {
-    Linear,
-    Mlp,
-    Cnn,
-    CnnBn,
-    Resnet,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
-pub enum OptimizerArg {
-    Sgd,
-    Adam,
-    Adamw,
-    Rmsprop,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
-pub enum ScheduleArg {
-    Constant,
-    HoldDecay,
-    Step,
-    Cosine,
-    OneCycle,
-}
-
 impl RecipeArgs {
-    /// The preset or file (default: `seed-mlp`), with every given flag applied, validated.
+    /// The preset or file (default: `seed-mlp`), with every given flag applied (through the same
+    /// table of short names as study files), validated.
     pub fn resolve(&self) -> Result<TrainConfig> {
-        let mut c = match (&self.preset, &self.config) {
+        let base = match (&self.preset, &self.config) {
             (_, Some(path)) => TrainConfig::load(path)?,
             (Some(name), None) => TrainConfig::preset(name)?,
             (None, None) => TrainConfig::preset("seed-mlp")?,
         };
-        c.provenance = None;
-        if let Some(arch) = self.model {
-            c.model.arch = match arch {
-                ArchArg::Linear => Arch::Linear,
-                ArchArg::Mlp => Arch::Mlp,
-                ArchArg::Cnn => Arch::Cnn,
-                ArchArg::CnnBn => Arch::CnnBn,
-                ArchArg::Resnet => Arch::Resnet,
-            };
-            if c.model.arch == Arch::Linear {
-                c.model.hidden.clear();
-            }
+        let mut table = toml::Table::try_from(&base).expect("a TrainConfig serialises to a table");
+        table.remove("provenance");
+        for (name, value) in self.flags()? {
+            let path = settings::key_path(name, &value);
+            settings::set(&mut table, &path, &value)
+                .map_err(|e| Error::Usage(format!("--{}: {e}", name.replace('_', "-"))))?;
         }
-        if let Some(hidden) = &self.hidden {
-            c.model.hidden = hidden.clone();
-        }
-        set(&mut c.model.activation, self.activation);
-        set(&mut c.model.dropout, self.dropout);
-        set(&mut c.epochs, self.epochs);
-        set(&mut c.batch_size, self.batch_size);
-        set(&mut c.seed, self.seed);
-        if let Some(o) = self.optimizer {
-            c.optimizer.name = match o {
-                OptimizerArg::Sgd => OptimizerKind::Sgd,
-                OptimizerArg::Adam => OptimizerKind::Adam,
-                OptimizerArg::Adamw => OptimizerKind::Adamw,
-                OptimizerArg::Rmsprop => OptimizerKind::Rmsprop,
-            };
-        }
-        set(&mut c.optimizer.lr, self.lr);
-        set(&mut c.optimizer.momentum, self.momentum);
-        c.optimizer.nesterov |= self.nesterov;
-        set(&mut c.optimizer.weight_decay, self.weight_decay);
-        if let Some(s) = self.schedule {
-            c.schedule.name = match s {
-                ScheduleArg::Constant => ScheduleKind::Constant,
-                ScheduleArg::HoldDecay => ScheduleKind::HoldDecay,
-                ScheduleArg::Step => ScheduleKind::Step,
-                ScheduleArg::Cosine => ScheduleKind::Cosine,
-                ScheduleArg::OneCycle => ScheduleKind::OneCycle,
-            };
-        }
-        set(&mut c.schedule.hold_epochs, self.hold_epochs);
-        set(&mut c.schedule.factor, self.factor);
-        set(&mut c.data.val_split, self.val_split);
-        if self.standardize {
-            c.data.normalization = crate::data::batcher::Normalization::Standardize;
+        let mut c: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Usage(e.message().trim().to_string()))?;
+        // Choosing the linear model drops the preset's hidden layers, unless --hidden gives some.
+        if self.model == Some(Arch::Linear) && self.hidden.is_none() {
+            c.model.hidden.clear();
         }
         c.validate().map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("invalid option: {msg}")),
             other => other,
         })?;
         Ok(c)
+    }
+
+    /// The flags given, by their short names (see [`settings::SHORT_NAMES`]), as TOML values.
+    fn flags(&self) -> Result<Vec<(&'static str, toml::Value)>> {
+        fn value<T: serde::Serialize>(name: &str, v: T) -> Result<toml::Value> {
+            toml::Value::try_from(v)
+                .map_err(|e| Error::Usage(format!("--{}: {e}", name.replace('_', "-"))))
+        }
+        let mut flags = Vec::new();
+        let mut give =
+            |name: &'static str, v: Option<toml::Value>| flags.extend(v.map(|v| (name, v)));
+        give("model", self.model.map(|v| value("model", v)).transpose()?);
+        give(
+            "hidden",
+            self.hidden
+                .as_ref()
+                .map(|v| value("hidden", v))
+                .transpose()?,
+        );
+        give(
+            "activation",
+            self.activation
+                .map(|v| value("activation", v))
+                .transpose()?,
+        );
+        give("dropout", self.dropout.map(Into::into));
+        give(
+            "epochs",
+            self.epochs.map(|v| value("epochs", v)).transpose()?,
+        );
+        give(
+            "batch_size",
+            self.batch_size
+                .map(|v| value("batch_size", v))
+                .transpose()?,
+        );
+        give("seed", self.seed.map(|v| value("seed", v)).transpose()?);
+        give(
+            "optimizer",
+            self.optimizer.map(|v| value("optimizer", v)).transpose()?,
+        );
+        give("lr", self.lr.map(Into::into));
+        give("momentum", self.momentum.map(Into::into));
+        give("nesterov", self.nesterov.then_some(true.into()));
+        give("weight_decay", self.weight_decay.map(Into::into));
+        give(
+            "schedule",
+            self.schedule.map(|v| value("schedule", v)).transpose()?,
+        );
+        give(
+            "hold_epochs",
+            self.hold_epochs
+                .map(|v| value("hold_epochs", v))
+                .transpose()?,
+        );
+        give("factor", self.factor.map(Into::into));
+        give("val_split", self.val_split.map(Into::into));
+        give(
+            "normalization",
+            self.standardize.then(|| "standardize".into()),
+        );
+        Ok(flags)
     }
 
     /// A short label for generated run names.
@@ -261,12 +265,6 @@ impl RecipeArgs {
                 .unwrap_or_else(|| "run".into());
         }
         "seed-mlp".into()
-    }
-}
-
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
     }
 }
 

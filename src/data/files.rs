@@ -67,6 +67,15 @@ pub const DATA_ENV: &str = "FMNIST_DATA";
 pub const INSTALL_HINT: &str = "install the Debian package (apt-get install dataset-fashion-mnist), \
      run `fmnist data download`, or pass --data-dir DIR";
 
+/// "Fashion-MNIST not found", naming every place searched; `why_not_downloaded` (for example
+/// "and --offline forbids downloading") follows the list.
+pub fn not_found(why_not_downloaded: &str) -> Error {
+    Error::DataNotFound(format!(
+        "Fashion-MNIST not found (looked in ${DATA_ENV}, {} and {SYSTEM_DIR}){why_not_downloaded}; {INSTALL_HINT}",
+        cache_dir().display(),
+    ))
+}
+
 /// Where a data directory came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

@@ -127,13 +127,7 @@ pub fn obtain(options: &DataOptions) -> Result<FashionMnist> {
     }
     let cache = files::cache_dir();
     if options.offline {
-        return Err(Error::DataNotFound(format!(
-            "Fashion-MNIST not found (looked in ${}, {} and {}) and --offline forbids downloading; {}",
-            files::DATA_ENV,
-            cache.display(),
-            files::SYSTEM_DIR,
-            files::INSTALL_HINT
-        )));
+        return Err(files::not_found(" and --offline forbids downloading"));
     }
     eprintln!(
         "Fashion-MNIST not found locally: downloading it into {}",

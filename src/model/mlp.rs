@@ -12,7 +12,7 @@ use super::summary::{LayerRow, Summary};
 use crate::data::{NUM_CLASSES, PIXELS};
 
 /// Activation functions for hidden layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActivationKind {
     Relu,
@@ -62,23 +62,6 @@ impl ActivationKind {
             ActivationKind::LeakyRelu => LeakyReluConfig::new().into(),
         };
         config.init(device)
-    }
-}
-
-impl std::str::FromStr for ActivationKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ActivationKind::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = ActivationKind::ALL.iter().map(|a| a.name()).collect();
-                format!(
-                    "unknown activation {s:?} (expected one of {})",
-                    names.join(", ")
-                )
-            })
     }
 }
 

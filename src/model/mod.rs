@@ -17,7 +17,7 @@ pub use mlp::{ActivationKind, Mlp};
 pub use summary::{LayerRow, Summary};
 
 /// Which family of network to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     /// Flatten -> Dense(10): multinomial logistic regression.

@@ -144,6 +144,7 @@ mod tests {
                 .map(|&(epoch, loss, val_loss)| EpochRecord {
                     epoch,
                     lr: 0.05,
+                    lr_last: None,
                     loss,
                     acc: 1.0 - loss / 2.0,
                     val_loss,

@@ -72,11 +72,7 @@ fn best_run(
     else {
         return Ok(None);
     };
-    let weights = if best.result.final_weights == "best" {
-        crate::training::Weights::Best
-    } else {
-        crate::training::Weights::Last
-    };
+    let weights = best.result.final_weights;
     let predictor =
         crate::inference::Predictor::load(&best.dir, weights, Some(&data.train), device)?;
     let scores = predictor.evaluate(&data.test);

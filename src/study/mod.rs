@@ -27,6 +27,7 @@ use toml::{Spanned, Table, Value};
 
 use crate::error::{Error, Result};
 use crate::training::TrainConfig;
+use crate::training::settings::{self, lookup};
 
 /// A parsed, expanded study.
 #[derive(Debug, Clone)]
@@ -75,51 +76,25 @@ impl Study {
         Self::parse(&text, path)
     }
 
-    /// Parses and expands study text; `path` names it in errors.
+    /// Parses and expands study text; `path` names it in errors. Every run is resolved and
+    /// checked here, before anything trains, and every problem found is reported together.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let origin = path.display().to_string();
         let file: StudyFile = toml::from_str(text)
             .map_err(|e| crate::training::config::toml_error(&origin, text, &e))?;
-        let ctx = Context {
-            origin: &origin,
-            text,
-        };
         if file.groups.is_empty() {
             return Err(Error::Config(format!(
                 "{origin}: the study has no [[group]]: add at least one group with a [[group.run]]"
             )));
         }
-        let mut groups = Vec::new();
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
-        for g in &file.groups {
-            if g.runs.is_empty() {
-                return Err(Error::Config(format!(
-                    "{origin}: group {:?} has no [[group.run]]",
-                    g.name
-                )));
-            }
-            let mut runs = Vec::new();
-            for run in &g.runs {
-                for planned in ctx.expand(&g.name, &[&file.defaults, &g.defaults, run])? {
-                    if let Some(other) = names.insert(planned.name.clone(), g.name.clone()) {
-                        return Err(Error::Config(format!(
-                            "{origin}: two runs are named {:?} (groups {other:?} and {:?}); give them different `name`s",
-                            planned.name, g.name
-                        )));
-                    }
-                    runs.push(planned);
-                }
-            }
-            groups.push(Group {
-                name: g.name.clone(),
-                title: if g.title.is_empty() {
-                    g.name.clone()
-                } else {
-                    g.title.clone()
-                },
-                description: g.description.clone(),
-                runs,
-            });
+        let ctx = Context {
+            origin: &origin,
+            text,
+        };
+        let mut problems = Vec::new();
+        let groups = ctx.groups(&file, &mut problems);
+        if !problems.is_empty() {
+            return Err(Error::Config(problem_list(problems)));
         }
         Ok(Study {
             title: if file.title.is_empty() {
@@ -134,6 +109,22 @@ impl Study {
             source: path.to_path_buf(),
         })
     }
+}
+
+/// One problem as it is, or all of them under a line that counts them.
+fn problem_list(problems: Vec<String>) -> String {
+    if problems.len() == 1 {
+        return problems.into_iter().next().unwrap_or_default();
+    }
+    let mut out = format!(
+        "the study has {} problems (nothing was trained); fix them and run again:",
+        problems.len()
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p);
+    }
+    out
 }
 
 /// Settings as written: keys and values with their positions in the file.
@@ -166,30 +157,6 @@ struct GroupFile {
     runs: Vec<Settings>,
 }
 
-/// Short names accepted for configuration keys (the command-line flags' names).
-const ALIASES: [(&str, &str); 20] = [
-    ("arch", "model.arch"),
-    ("hidden", "model.hidden"),
-    ("activation", "model.activation"),
-    ("dropout", "model.dropout"),
-    ("batch_norm", "model.batch_norm"),
-    ("lr", "optimizer.lr"),
-    ("momentum", "optimizer.momentum"),
-    ("nesterov", "optimizer.nesterov"),
-    ("weight_decay", "optimizer.weight_decay"),
-    ("hold_epochs", "schedule.hold_epochs"),
-    ("factor", "schedule.factor"),
-    ("val_split", "data.val_split"),
-    ("normalization", "data.normalization"),
-    ("flip", "data.flip"),
-    ("translate", "data.translate"),
-    ("patience", "early_stopping.patience"),
-    ("min_delta", "early_stopping.min_delta"),
-    ("restore_best", "early_stopping.restore_best"),
-    ("optimizer", "optimizer.name"),
-    ("schedule", "schedule.name"),
-];
-
 struct Context<'a> {
     origin: &'a str,
     text: &'a str,
@@ -203,27 +170,108 @@ struct Leaf {
 }
 
 impl Context<'_> {
-    fn at(&self, span: &std::ops::Range<usize>) -> String {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!("{}:{line}:{column}", self.origin)
-    }
-
     fn error(&self, span: &std::ops::Range<usize>, message: String) -> Error {
-        Error::Config(format!("{}: {message}", self.at(span)))
+        let at = crate::training::config::file_position(self.origin, self.text, span.start);
+        Error::Config(format!("{at}: {message}"))
     }
 
-    /// Resolves one `[[group.run]]` (with the defaults above it) into one or more runs.
-    fn expand(&self, group: &str, layers: &[&Settings]) -> Result<Vec<PlannedRun>> {
+    /// Resolves every group and run of `file`, adding what is wrong to `problems`.
+    fn groups(&self, file: &StudyFile, problems: &mut Vec<String>) -> Vec<Group> {
+        let origin = self.origin;
+        let mut groups = Vec::new();
+        let mut run_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut group_names = std::collections::BTreeSet::new();
+        for g in &file.groups {
+            if let Err(e) = crate::fsio::check_plain_name("group name", &g.name) {
+                problems.push(format!("{origin}: {e}"));
+            }
+            if !group_names.insert(g.name.as_str()) {
+                problems.push(format!(
+                    "{origin}: two groups are named {:?}; give them different `name`s",
+                    g.name
+                ));
+            }
+            if g.runs.is_empty() {
+                problems.push(format!("{origin}: group {:?} has no [[group.run]]", g.name));
+            }
+            let mut runs = Vec::new();
+            for run in &g.runs {
+                for planned in self.expand(&g.name, &[&file.defaults, &g.defaults, run]) {
+                    match planned {
+                        Err(e) => problems.push(e.to_string()),
+                        Ok(planned) => {
+                            if let Some(other) =
+                                run_names.insert(planned.name.clone(), g.name.clone())
+                            {
+                                problems.push(format!(
+                                    "{origin}: two runs are named {:?} (groups {other:?} and {:?}); give them different `name`s",
+                                    planned.name, g.name
+                                ));
+                            }
+                            runs.push(planned);
+                        }
+                    }
+                }
+            }
+            groups.push(Group {
+                name: g.name.clone(),
+                title: if g.title.is_empty() {
+                    g.name.clone()
+                } else {
+                    g.title.clone()
+                },
+                description: g.description.clone(),
+                runs,
+            });
+        }
+        groups
+    }
+
+    /// Resolves one `[[group.run]]` (with the defaults above it) into one run, or one per value
+    /// of the parameter it lists; each is checked on its own.
+    fn expand(&self, group: &str, layers: &[&Settings]) -> Vec<Result<PlannedRun>> {
         let run = layers[layers.len() - 1];
-        let special = |key: &str| -> Option<&Spanned<Value>> {
-            layers
-                .iter()
-                .rev()
-                .find_map(|l| l.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v))
+        let resolved = self.base_table(layers).and_then(|table| {
+            let name = self.run_name(run, group)?;
+            let (table, settings, expansion) = self.apply_layers(layers, table)?;
+            Ok((table, name, settings, expansion))
+        });
+        let (table, name, settings, expansion) = match resolved {
+            Ok(parts) => parts,
+            Err(e) => return vec![Err(e)],
         };
-        let base = match special("preset") {
+        let Some(list) = expansion else {
+            let span = run.keys().next().map(|k| k.span()).unwrap_or(0..0);
+            return vec![self.finish(&table, name, &settings, None, &span)];
+        };
+        let key = list.path.join(".");
+        let items = list.value.as_array().cloned().unwrap_or_default();
+        items
+            .into_iter()
+            .map(|item| {
+                let leaf = Leaf {
+                    path: list.path.clone(),
+                    value: item,
+                    span: list.span.clone(),
+                };
+                let mut table = table.clone();
+                self.set(&mut table, &leaf)?;
+                let shown = display_value(&leaf.value);
+                let run_name = format!("{name}-{}", shown.replace([' ', ',', '[', ']', '"'], ""));
+                let varied = Some((key.clone(), shown));
+                self.finish(&table, run_name, &settings, varied, &list.span)
+            })
+            .collect()
+    }
+
+    /// The configuration a run starts from: its `preset` (the nearest layer's), or the default.
+    fn base_table(&self, layers: &[&Settings]) -> Result<Table> {
+        let preset = layers.iter().rev().find_map(|l| {
+            l.iter()
+                .find(|(k, _)| k.get_ref() == "preset")
+                .map(|(_, v)| v)
+        });
+        let base = match preset {
             Some(v) => match v.get_ref().as_str() {
                 Some(name) => {
                     TrainConfig::preset(name).map_err(|e| self.error(&v.span(), e.to_string()))?
@@ -232,112 +280,117 @@ impl Context<'_> {
             },
             None => TrainConfig::default(),
         };
-        let mut table = Table::try_from(&base).expect("a TrainConfig serialises to a table");
-        let mut settings = Vec::new();
+        Ok(Table::try_from(&base).expect("a TrainConfig serialises to a table"))
+    }
+
+    /// The run's `name`, or its group's.
+    fn run_name(&self, run: &Settings, group: &str) -> Result<String> {
+        match run.iter().find(|(k, _)| k.get_ref() == "name") {
+            Some((_, v)) => v
+                .get_ref()
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| self.error(&v.span(), "`name` must be a string".into())),
+            None => Ok(group.to_string()),
+        }
+    }
+
+    /// Applies the layers' settings to `table`, outermost first. Returns the table, the run's own
+    /// settings as `key = value` (for the report) and the one parameter it lists, if any.
+    fn apply_layers(
+        &self,
+        layers: &[&Settings],
+        mut table: Table,
+    ) -> Result<(Table, Vec<(String, String)>, Option<Leaf>)> {
+        let mut settings: Vec<(String, String)> = Vec::new();
         let mut expansion: Option<Leaf> = None;
         for (depth, layer) in layers.iter().enumerate() {
             let is_run = depth == layers.len() - 1;
             for leaf in self.leaves(layer, &table)? {
-                let target = lookup(&table, &leaf.path).expect("leaves only yields known paths");
-                let listed = match (target, &leaf.value) {
-                    (Value::Array(_), Value::Array(items)) => {
-                        items.first().is_some_and(Value::is_array)
-                    }
-                    (_, Value::Array(_)) => true,
-                    _ => false,
-                };
                 let key = leaf.path.join(".");
-                if listed {
-                    if !is_run {
-                        return Err(self.error(
-                            &leaf.span,
-                            format!("`{key}`: a list of values to compare belongs in a [[group.run]], not in defaults"),
-                        ));
-                    }
-                    if let Some(previous) = &expansion {
-                        return Err(self.error(
-                            &leaf.span,
-                            format!(
-                                "`{key}`: a run may list values for one parameter only (it already lists `{}`)",
-                                previous.path.join(".")
-                            ),
-                        ));
-                    }
-                    if leaf.value.as_array().is_some_and(Vec::is_empty) {
-                        return Err(
-                            self.error(&leaf.span, format!("`{key}`: the list of values is empty"))
-                        );
-                    }
+                if self.is_list(&table, &leaf) {
+                    self.check_list(&leaf, is_run, expansion.as_ref())?;
                     expansion = Some(leaf);
                     continue;
                 }
                 self.set(&mut table, &leaf)?;
                 if is_run {
-                    settings.retain(|(k, _): &(String, String)| *k != key);
+                    settings.retain(|(k, _)| *k != key);
                     settings.push((key, display_value(&leaf.value)));
                 }
             }
         }
+        let run = layers[layers.len() - 1];
         if let Some((_, v)) = run.iter().find(|(k, _)| k.get_ref() == "preset") {
             settings.insert(0, ("preset".to_string(), display_value(v.get_ref())));
         }
-        let name = match run.iter().find(|(k, _)| k.get_ref() == "name") {
-            Some((_, v)) => v
-                .get_ref()
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| self.error(&v.span(), "`name` must be a string".into()))?,
-            None => group.to_string(),
-        };
-        let finish = |table: &Table,
-                      name: String,
-                      varied: Option<(String, String)>,
-                      span: &std::ops::Range<usize>| {
-            let config: TrainConfig =
-                Value::Table(table.clone())
-                    .try_into()
-                    .map_err(|e: toml::de::Error| {
-                        self.error(span, format!("run {name:?}: {}", e.message().trim()))
-                    })?;
-            config
-                .validate()
-                .map_err(|e| self.error(span, format!("run {name:?}: {e}")))?;
-            let mut settings = settings.clone();
-            if let Some((k, v)) = &varied {
-                settings.push((k.clone(), v.clone()));
-            }
-            Ok::<_, Error>(PlannedRun {
-                name,
-                varied,
-                settings,
-                config,
-            })
-        };
-        let Some(list) = expansion else {
-            let span = run.keys().next().map(|k| k.span()).unwrap_or(0..0);
-            return Ok(vec![finish(&table, name, None, &span)?]);
-        };
-        let key = list.path.join(".");
-        let items = list.value.as_array().cloned().unwrap_or_default();
-        let mut runs = Vec::new();
-        for item in items {
-            let leaf = Leaf {
-                path: list.path.clone(),
-                value: item.clone(),
-                span: list.span.clone(),
-            };
-            let mut table = table.clone();
-            self.set(&mut table, &leaf)?;
-            let shown = display_value(&item);
-            let run_name = format!("{name}-{}", shown.replace([' ', ',', '[', ']', '"'], ""));
-            runs.push(finish(
-                &table,
-                run_name,
-                Some((key.clone(), shown)),
-                &list.span,
-            )?);
+        Ok((table, settings, expansion))
+    }
+
+    /// Whether `leaf` lists values to compare rather than giving one (an array where the
+    /// configuration holds a scalar, or an array of arrays where it holds an array).
+    fn is_list(&self, table: &Table, leaf: &Leaf) -> bool {
+        let target = lookup(table, &leaf.path).expect("leaves only yields known paths");
+        match (target, &leaf.value) {
+            (Value::Array(_), Value::Array(items)) => items.first().is_some_and(Value::is_array),
+            (_, Value::Array(_)) => true,
+            _ => false,
         }
-        Ok(runs)
+    }
+
+    /// A list of values belongs in a run, one per run, and is not empty.
+    fn check_list(&self, leaf: &Leaf, is_run: bool, previous: Option<&Leaf>) -> Result<()> {
+        let key = leaf.path.join(".");
+        if !is_run {
+            return Err(self.error(
+                &leaf.span,
+                format!("`{key}`: a list of values to compare belongs in a [[group.run]], not in defaults"),
+            ));
+        }
+        if let Some(previous) = previous {
+            return Err(self.error(
+                &leaf.span,
+                format!(
+                    "`{key}`: a run may list values for one parameter only (it already lists `{}`)",
+                    previous.path.join(".")
+                ),
+            ));
+        }
+        if leaf.value.as_array().is_some_and(Vec::is_empty) {
+            return Err(self.error(&leaf.span, format!("`{key}`: the list of values is empty")));
+        }
+        Ok(())
+    }
+
+    /// The planned run: its configuration deserialised and validated, its name checked.
+    fn finish(
+        &self,
+        table: &Table,
+        name: String,
+        settings: &[(String, String)],
+        varied: Option<(String, String)>,
+        span: &std::ops::Range<usize>,
+    ) -> Result<PlannedRun> {
+        crate::fsio::check_plain_name("run name", &name).map_err(|e| self.error(span, e))?;
+        let config: TrainConfig =
+            Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    self.error(span, format!("run {name:?}: {}", e.message().trim()))
+                })?;
+        config
+            .validate()
+            .map_err(|e| self.error(span, format!("run {name:?}: {e}")))?;
+        let mut settings = settings.to_vec();
+        if let Some((k, v)) = &varied {
+            settings.push((k.clone(), v.clone()));
+        }
+        Ok(PlannedRun {
+            name,
+            varied,
+            settings,
+            config,
+        })
     }
 
     /// Flattens a layer of settings into leaves with full paths, resolving short names.
@@ -348,13 +401,7 @@ impl Context<'_> {
             if name == "name" || name == "preset" {
                 continue;
             }
-            let path: Vec<String> = match ALIASES.iter().find(|(short, _)| *short == name) {
-                // `optimizer` and `schedule` are aliases only when given a string.
-                Some((_, long)) if !value.get_ref().is_table() => {
-                    long.split('.').map(str::to_string).collect()
-                }
-                _ => vec![name.to_string()],
-            };
+            let path = settings::key_path(name, value.get_ref());
             self.flatten(path, value.get_ref(), key.span(), table, &mut out)?;
         }
         Ok(out)
@@ -394,53 +441,13 @@ impl Context<'_> {
 
     /// Sets one leaf, checking its type against the configuration.
     fn set(&self, table: &mut Table, leaf: &Leaf) -> Result<()> {
-        let key = leaf.path.join(".");
-        let target = lookup(table, &leaf.path).expect("known path");
-        let value = match (target, &leaf.value) {
-            (Value::Float(_), Value::Integer(i)) => Value::Float(*i as f64),
-            (t, v) if t.type_str() == v.type_str() => v.clone(),
-            (t, v) => {
-                return Err(self.error(
-                    &leaf.span,
-                    format!(
-                        "`{key}` must be {}, not {}",
-                        article(t.type_str()),
-                        article(v.type_str())
-                    ),
-                ));
-            }
-        };
-        let (last, parents) = leaf.path.split_last().expect("non-empty path");
-        let mut node = &mut *table;
-        for p in parents {
-            node = node
-                .get_mut(p)
-                .and_then(Value::as_table_mut)
-                .expect("known path");
-        }
-        node.insert(last.clone(), value);
+        settings::set(table, &leaf.path, &leaf.value).map_err(|e| self.error(&leaf.span, e))?;
         // Enumerations and nested types are checked by deserialising the whole configuration.
         let check: std::result::Result<TrainConfig, _> = Value::Table(table.clone()).try_into();
         check.map(|_| ()).map_err(|e: toml::de::Error| {
+            let key = leaf.path.join(".");
             self.error(&leaf.span, format!("`{key}`: {}", e.message().trim()))
         })
-    }
-}
-
-fn lookup<'t>(table: &'t Table, path: &[String]) -> Option<&'t Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = table.get(first)?;
-    for p in rest {
-        value = value.as_table()?.get(p)?;
-    }
-    Some(value)
-}
-
-fn article(type_name: &str) -> String {
-    match type_name {
-        "integer" => "an integer".into(),
-        "array" => "an array".into(),
-        other => format!("a {other}"),
     }
 }
 

@@ -281,15 +281,18 @@ impl TrainConfig {
 pub fn toml_error(origin: &str, input: &str, err: &toml::de::Error) -> Error {
     let message = err.message().trim().replace('\n', " ");
     let location = match err.span() {
-        Some(span) => {
-            let before = &input[..span.start.min(input.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!(":{line}:{column}")
-        }
-        None => String::new(),
+        Some(span) => file_position(origin, input, span.start),
+        None => origin.to_string(),
     };
-    Error::Config(format!("{origin}{location}: {message}"))
+    Error::Config(format!("{location}: {message}"))
+}
+
+/// `origin:line:column` of byte `offset` in `text` (both 1-based), as compilers print it.
+pub fn file_position(origin: &str, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("{origin}:{line}:{column}")
 }
 
 #[cfg(test)]

@@ -13,7 +13,13 @@ use crate::fsio;
 pub struct EpochRecord {
     /// 1-based epoch number.
     pub epoch: usize,
+    /// The learning rate of the epoch's first batch.
     pub lr: f64,
+    /// The learning rate of the epoch's last batch: different from `lr` under the schedules
+    /// that change every batch (cosine, one-cycle, warm-up). Absent in histories written before
+    /// those schedules were applied per batch, whose epochs ran at `lr` throughout.
+    #[serde(default)]
+    pub lr_last: Option<f64>,
     /// Mean training loss over the epoch's batches (weighted by batch size).
     pub loss: f64,
     /// Training accuracy over the epoch.
@@ -24,6 +30,13 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Seconds spent evaluating on the validation data.
     pub eval_seconds: f64,
+}
+
+impl EpochRecord {
+    /// The rate of the epoch's last batch (`lr` for histories that do not record it).
+    pub fn last_lr(&self) -> f64 {
+        self.lr_last.unwrap_or(self.lr)
+    }
 }
 
 /// All epochs of a run.
@@ -51,7 +64,7 @@ pub fn steady_median(values: Vec<f64>) -> f64 {
     }
 }
 
-const CSV_HEADER: &str = "epoch,lr,loss,acc,val_loss,val_acc,seconds,eval_seconds";
+const CSV_HEADER: &str = "epoch,lr,lr_last,loss,acc,val_loss,val_acc,seconds,eval_seconds";
 
 impl History {
     /// The epoch with the lowest validation loss (the first one on ties).
@@ -79,39 +92,19 @@ impl History {
         out.push('\n');
         for r in &self.epochs {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{:.6},{:.6}\n",
-                r.epoch, r.lr, r.loss, r.acc, r.val_loss, r.val_acc, r.seconds, r.eval_seconds
+                "{},{},{},{},{},{},{},{:.6},{:.6}\n",
+                r.epoch,
+                r.lr,
+                r.last_lr(),
+                r.loss,
+                r.acc,
+                r.val_loss,
+                r.val_acc,
+                r.seconds,
+                r.eval_seconds
             ));
         }
         out
-    }
-
-    /// Parses the CSV written by [`History::to_csv`].
-    pub fn from_csv(text: &str) -> std::result::Result<Self, String> {
-        let mut lines = text.lines();
-        if lines.next().map(str::trim) != Some(CSV_HEADER) {
-            return Err(format!("the first line is not `{CSV_HEADER}`"));
-        }
-        let mut epochs = Vec::new();
-        for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let f: Vec<&str> = line.split(',').collect();
-            let bad = || format!("line {}: expected 8 numeric fields", n + 2);
-            if f.len() != 8 {
-                return Err(bad());
-            }
-            let num = |i: usize| f[i].trim().parse::<f64>().map_err(|_| bad());
-            epochs.push(EpochRecord {
-                epoch: f[0].trim().parse().map_err(|_| bad())?,
-                lr: num(1)?,
-                loss: num(2)?,
-                acc: num(3)?,
-                val_loss: num(4)?,
-                val_acc: num(5)?,
-                seconds: num(6)?,
-                eval_seconds: num(7)?,
-            });
-        }
-        Ok(History { epochs })
     }
 
     /// Writes `history.csv` and `history.json` into `dir`, atomically.
@@ -139,6 +132,7 @@ mod tests {
         EpochRecord {
             epoch,
             lr: 0.05,
+            lr_last: Some(0.04),
             loss: 1.0 / epoch as f64,
             acc: 0.5,
             val_loss,
@@ -160,9 +154,14 @@ mod tests {
         };
         assert_eq!(h.best().ok_or("no best epoch")?.epoch, 2);
         assert_eq!(h.steady_seconds_per_epoch(), 2.0);
-        let back = History::from_csv(&h.to_csv())?;
-        assert_eq!(back.epochs.len(), 4);
-        assert_eq!(back.epochs[1].val_loss, 0.5);
+        let csv = h.to_csv();
+        assert_eq!(csv.lines().count(), 5);
+        assert!(
+            csv.lines()
+                .nth(2)
+                .is_some_and(|l| l.starts_with("2,0.05,0.04,")),
+            "{csv}"
+        );
         Ok(())
     }
 }

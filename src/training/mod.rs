@@ -15,6 +15,7 @@ pub mod optimizer;
 pub mod progress;
 pub mod run_dir;
 pub mod schedule;
+pub mod settings;
 pub mod sgd;
 pub mod shadow;
 pub mod trainer;

@@ -10,7 +10,7 @@ use super::sgd::Sgd;
 use crate::error::{Error, Result};
 
 /// Which update rule to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
     Sgd,

@@ -28,11 +28,17 @@ impl Console {
     }
 }
 
-/// `Epoch 12/50 - 0.09s - loss: 0.3012 - acc: 0.8921 - val_loss: 0.3310 - val_acc: 0.8812 - lr: 0.05`
+/// `Epoch 12/50 - 0.09s - loss: 0.3012 - acc: 0.8921 - val_loss: 0.3310 - val_acc: 0.8812 - lr: 0.050000`,
+/// with `lr: first -> last` when the rate moved within the epoch.
 pub fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
+    let lr = if r.last_lr() == r.lr {
+        format!("{:.6}", r.lr)
+    } else {
+        format!("{:.6} -> {:.6}", r.lr, r.last_lr())
+    };
     format!(
-        "Epoch {}/{} - {:.2}s - loss: {:.4} - acc: {:.4} - val_loss: {:.4} - val_acc: {:.4} - lr: {:.6}",
-        r.epoch, epochs, r.seconds, r.loss, r.acc, r.val_loss, r.val_acc, r.lr
+        "Epoch {}/{} - {:.2}s - loss: {:.4} - acc: {:.4} - val_loss: {:.4} - val_acc: {:.4} - lr: {lr}",
+        r.epoch, epochs, r.seconds, r.loss, r.acc, r.val_loss, r.val_acc
     )
 }
 
@@ -93,7 +99,11 @@ pub fn final_report(
     if let Some(epoch) = result.stopped_epoch {
         out.push_str(&format!(
             "Early stopping after epoch {epoch} ({} epochs without improvement); final weights: {}\n",
-            config.early_stopping.patience, result.final_weights
+            config.early_stopping.patience,
+            match result.final_weights {
+                super::Weights::Best => "best",
+                super::Weights::Last => "last",
+            }
         ));
     }
     if config.data.val_split > 0.0 {

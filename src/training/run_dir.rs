@@ -14,11 +14,13 @@ use crate::fsio;
 use crate::model::Model;
 
 /// Which saved weights to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// The epoch with the lowest validation loss.
     Best,
     /// The final epoch.
+    #[default]
     Last,
 }
 
@@ -51,7 +53,7 @@ pub struct RunResult {
     pub stopped_epoch: Option<usize>,
     /// Which weights the run ends with: `last`, or `best` when early stopping restores them.
     #[serde(default)]
-    pub final_weights: String,
+    pub final_weights: Weights,
     /// Batches skipped because their loss was not finite (`--on-nan skip`).
     #[serde(default)]
     pub skipped_batches: usize,
@@ -76,11 +78,7 @@ impl RunDir {
     pub fn create(root: &Path, name: Option<&str>, label: &str, overwrite: bool) -> Result<Self> {
         fs::create_dir_all(root).map_err(|e| unwritable(root, e))?;
         if let Some(name) = name {
-            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-                return Err(Error::Usage(format!(
-                    "--name {name:?}: a run name is one plain directory name, without slashes"
-                )));
-            }
+            fsio::check_plain_name("run name", name).map_err(Error::Usage)?;
             let path = root.join(name);
             if path.exists() {
                 if !overwrite {

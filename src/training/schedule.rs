@@ -1,11 +1,12 @@
-//! Learning-rate schedules, applied once per epoch.
+//! Learning-rate schedules. The trainer asks for the rate of every batch ([`ScheduleConfig::lr_at_batch`]):
+//! cosine, one-cycle and warm-up move it within an epoch, the others once per epoch.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// Which schedule to follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleKind {
     /// The base rate throughout.

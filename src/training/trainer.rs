@@ -1,4 +1,5 @@
-//! The training loop: shuffle, forward, cross-entropy, backward, optimiser step; evaluate on the
+//! The training loop: shuffle, forward, cross-entropy, backward, optimiser step at the schedule's
+//! rate for that batch; evaluate on the
 //! validation data after every epoch; keep the best and the last weights; checkpoint at the end of
 //! every epoch (and every N batches on request) so that a stopped run continues exactly.
 
@@ -280,10 +281,13 @@ impl<'a> Trainer<'a> {
 
         while position.epoch < config.epochs && !position.finished {
             let epoch = position.epoch;
-            let lr = config
-                .schedule
-                .lr_at(config.optimizer.lr, epoch, config.epochs);
-            reporter.epoch_start(epoch + 1, config.epochs, lr);
+            // Cosine, one-cycle and warm-up move the rate every batch; the others every epoch.
+            let lr_at = |b: usize| {
+                config
+                    .schedule
+                    .lr_at_batch(config.optimizer.lr, epoch, b, batches, config.epochs)
+            };
+            reporter.epoch_start(epoch + 1, config.epochs, lr_at(0));
             // Each epoch shuffles 0..n afresh, so that its order depends on the seed alone.
             order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
             order.shuffle(&mut StdRng::seed_from_u64(derive_seed(
@@ -321,6 +325,7 @@ impl<'a> Trainer<'a> {
                 let logits = learner.model.forward(batch.images);
                 let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
                 let loss_value = loss.clone().into_scalar::<f64>();
+                let lr = lr_at(b);
                 position.batch = b + 1;
                 if loss_value.is_finite() {
                     position.correct += predicted_classes(logits.inner())
@@ -380,7 +385,8 @@ impl<'a> Trainer<'a> {
             let seen = position.seen.max(1) as f64;
             let record = EpochRecord {
                 epoch: epoch + 1,
-                lr,
+                lr: lr_at(0),
+                lr_last: Some(lr_at(batches - 1)),
                 loss: position.loss_sum / seen,
                 acc: position.correct as f64 / seen,
                 val_loss: scores.loss,
@@ -462,7 +468,11 @@ impl<'a> Trainer<'a> {
             test_acc,
             test_loss,
             stopped_epoch: stopped_early.then_some(history.epochs.len()),
-            final_weights: if restore { "best" } else { "last" }.into(),
+            final_weights: if restore {
+                Weights::Best
+            } else {
+                Weights::Last
+            },
             skipped_batches: position.skipped_batches,
         };
         run.write_result(&result)?;

@@ -4,24 +4,68 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use fmnist::data::idx::IdxArray;
 
-/// The real dataset's directory: `FMNIST_DATA` or the Debian package's. Tests that need it fail
-/// (they do not skip) when it is absent: `.ci/run` installs it.
+/// The real dataset's directory, found as `fmnist train` finds it (`FMNIST_DATA`, the user
+/// cache, the Debian package's directory) and, when there is no copy, downloaded into the user
+/// cache by fmnist's own verified download (from `FMNIST_MIRROR` or the official host), as a
+/// user's first `fmnist train` does. Once per test process.
 pub fn real_data_dir() -> PathBuf {
-    let dir = std::env::var_os("FMNIST_DATA")
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let options = fmnist::data::DataOptions::default();
+        match fmnist::data::obtain(&options) {
+            Ok(data) => data.location.dir,
+            Err(e) => panic!("the real Fashion-MNIST data is needed: {e}"),
+        }
+    })
+    .clone()
+}
+
+/// The project's root: `CARGO_MANIFEST_DIR` as cargo sets it when it runs a test (or as
+/// `.ci/fresh-machine` sets it for a copy), else where the test was compiled.
+pub fn project_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
-    assert!(
-        dir.join("train-images-idx3-ubyte.gz").is_file()
-            || dir.join("train-images-idx3-ubyte").is_file(),
-        "the real Fashion-MNIST data is not in {}: apt-get install dataset-fashion-mnist",
-        dir.display()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Whether this is CI (`CI=true`), where every tool a test needs must be there.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// For a test that needs `what`: `true` to go on when it is `available`. Otherwise the test is
+/// skipped with a line on the terminal saying why, or, under `CI=true`, fails.
+pub fn require(what: &str, available: bool, fix: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(!in_ci(), "{what} is required under CI=true: {fix}");
+    // Straight to the terminal: the test harness captures `eprintln!` of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {} needs {what} ({fix})",
+        std::thread::current().name().unwrap_or("a test")
     );
-    dir
+    false
+}
+
+/// The first executable named `name` on `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// A fresh temporary directory, removed when dropped.

@@ -1,5 +1,5 @@
-//! `fmnist bench`: the three workloads of `../shared/bench/WORKLOADS.md` (W1 linear, W2 the
-//! study's MLP, W3 a 32/64-channel CNN), timed as the PyTorch and Keras peer scripts time them,
+//! `fmnist bench`: the three workloads of `bench/WORKLOADS.md` (W1 linear, W2 the study's MLP,
+//! W3 a 32/64-channel CNN; presets `w1`-`w3`), timed as the PyTorch and Keras peer scripts time them,
 //! ending with the same JSON line so that the figures compare line by line; and fmnist's own
 //! `speedrun` and `best` (`resnet`) recipes.
 
@@ -12,11 +12,8 @@ use crate::data::FashionMnist;
 use crate::data::batcher::Batcher;
 use crate::error::Result;
 use crate::evaluation::evaluate;
-use crate::model::{Arch, ModelConfig};
 use crate::training::config::TrainConfig;
 use crate::training::history::steady_median;
-use crate::training::optimizer::{OptimizerConfig, OptimizerKind};
-use crate::training::schedule::ScheduleConfig;
 use crate::training::trainer::Reporter;
 use crate::training::{self, EpochRecord, RunDir};
 
@@ -37,6 +34,9 @@ pub enum Workload {
     /// The `best` preset's residual network and recipe (bfloat16 convolutions on AMX tiles where
     /// the CPU has them); 1 epoch, about 4-5 minutes on the 2-core machine, so only when asked for.
     Resnet,
+    /// A study's claims: 10,000 runs claimed and completed one by one, and the study's state
+    /// listed with all of them pending and all done. No training; only when asked for.
+    Claims,
 }
 
 impl Workload {
@@ -47,51 +47,28 @@ impl Workload {
             Workload::Cnn => "cnn",
             Workload::Speedrun => "speedrun",
             Workload::Resnet => "resnet",
+            Workload::Claims => "claims",
         }
     }
 
-    /// The workload's training configuration, exactly as WORKLOADS.md defines it (W1-W3).
+    /// The preset that defines the workload (W1-W3 as `bench/WORKLOADS.md` defines them) and
+    /// the epochs it runs by default.
+    pub fn preset(self) -> (&'static str, usize) {
+        match self {
+            Workload::Linear => ("w1", 10),
+            Workload::Mlp => ("w2", 10),
+            Workload::Cnn => ("w3", 3),
+            Workload::Speedrun => ("speedrun", 3),
+            Workload::Resnet | Workload::Claims => ("best", 1),
+        }
+    }
+
+    /// The workload's training configuration: its preset, for `epochs` or its default.
     pub fn config(self, epochs: Option<usize>) -> Result<TrainConfig> {
-        let sgd = OptimizerConfig::default();
-        let (model, optimizer, batch_size, default_epochs) = match self {
-            Workload::Speedrun | Workload::Resnet => {
-                let (preset, default_epochs) = match self {
-                    Workload::Speedrun => ("speedrun", 3),
-                    _ => ("best", 1),
-                };
-                let mut config = TrainConfig::preset(preset)?;
-                config.epochs = epochs.unwrap_or(default_epochs);
-                return Ok(config);
-            }
-            Workload::Linear => (ModelConfig::linear(), sgd, 1024, 10),
-            Workload::Mlp => (ModelConfig::default(), sgd, 1024, 10),
-            Workload::Cnn => (
-                ModelConfig {
-                    arch: Arch::Cnn,
-                    channels: vec![32, 64],
-                    dense: 128,
-                    dropout: 0.5,
-                    ..ModelConfig::default()
-                },
-                OptimizerConfig {
-                    name: OptimizerKind::Adam,
-                    lr: 1e-3,
-                    epsilon: 1e-7,
-                    ..OptimizerConfig::default()
-                },
-                128,
-                3,
-            ),
-        };
-        Ok(TrainConfig {
-            epochs: epochs.unwrap_or(default_epochs),
-            batch_size,
-            eval_batch_size: batch_size,
-            model,
-            optimizer,
-            schedule: ScheduleConfig::constant(),
-            ..TrainConfig::default()
-        })
+        let (preset, default_epochs) = self.preset();
+        let mut config = TrainConfig::preset(preset)?;
+        config.epochs = epochs.unwrap_or(default_epochs);
+        Ok(config)
     }
 }
 
@@ -186,4 +163,115 @@ pub fn run(
             "backend": if crate::ops::is_flex(device) { "flex" } else { "gpu" },
         }),
     })
+}
+
+/// What `fmnist bench claims` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimsResult {
+    pub workload: &'static str,
+    pub runs: usize,
+    /// Median and worst milliseconds of one claim (lease by hard link, then done marker).
+    pub claim_ms_median: f64,
+    pub claim_ms_max: f64,
+    /// Milliseconds to list the claims directory, and to work out the whole study's status
+    /// (every run's state, epochs and ETA), with every run pending and with every run done.
+    pub list_ms_pending: f64,
+    pub status_ms_pending: f64,
+    pub list_ms_done: f64,
+    pub status_ms_done: f64,
+}
+
+/// Claims and completes `runs` runs of a synthetic study (one run per seed) in a temporary
+/// directory, timing each claim and the listing of the study's state.
+pub fn claims(runs: usize) -> Result<ClaimsResult> {
+    use crate::study::claims::{Claims, Holder};
+    let seeds: Vec<String> = (0..runs).map(|s| s.to_string()).collect();
+    let text = format!(
+        "[[group]]\nname = \"seeds\"\n[[group.run]]\nname = \"r\"\nseed = [{}]\n",
+        seeds.join(", ")
+    );
+    let study = crate::study::Study::parse(&text, std::path::Path::new("claims.toml"))?;
+    let dir = std::env::temp_dir().join(format!("fmnist-bench-claims-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let claims = Claims::open(&dir, std::time::Duration::from_secs(60))?;
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1e3;
+    let timed_state = || -> Result<(f64, f64)> {
+        let started = Instant::now();
+        claims.list()?;
+        let list = ms(started);
+        let started = Instant::now();
+        crate::study::status::status(&study, &dir, &claims)?;
+        Ok((list, ms(started)))
+    };
+    let (list_ms_pending, status_ms_pending) = timed_state()?;
+    let holder = Holder::this_process();
+    let mut times = Vec::with_capacity(runs);
+    for unit in crate::study::runner::units(&study) {
+        let started = Instant::now();
+        if !claims.claim(&unit.run.name, &holder)? {
+            return Err(crate::Error::Usage(format!(
+                "{}: claimed twice",
+                unit.run.name
+            )));
+        }
+        claims.complete(&unit.run.name, &unit.hash)?;
+        times.push(ms(started));
+    }
+    let (list_ms_done, status_ms_done) = timed_state()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let worst = times.iter().copied().fold(0.0, f64::max);
+    Ok(ClaimsResult {
+        workload: "claims",
+        runs,
+        claim_ms_median: steady_median(times),
+        claim_ms_max: worst,
+        list_ms_pending,
+        status_ms_pending,
+        list_ms_done,
+        status_ms_done,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Arch;
+    use crate::training::optimizer::OptimizerKind;
+    use crate::training::schedule::ScheduleKind;
+
+    /// The presets hold the workloads as `bench/WORKLOADS.md` defines them.
+    #[test]
+    fn workload_presets_follow_their_definitions() -> Result<()> {
+        let w1 = Workload::Linear.config(None)?;
+        assert_eq!(
+            (w1.model.arch, w1.epochs, w1.batch_size),
+            (Arch::Linear, 10, 1024)
+        );
+        assert_eq!((w1.optimizer.lr, w1.optimizer.momentum), (0.05, 0.95));
+        let w2 = Workload::Mlp.config(None)?;
+        assert_eq!(
+            (w2.model.arch, w2.model.hidden.as_slice()),
+            (Arch::Mlp, &[60, 60][..])
+        );
+        let w3 = Workload::Cnn.config(Some(5))?;
+        assert_eq!(
+            (w3.model.arch, w3.epochs, w3.batch_size),
+            (Arch::Cnn, 5, 128)
+        );
+        assert_eq!(
+            (w3.model.channels.as_slice(), w3.model.dense),
+            (&[32, 64][..], 128)
+        );
+        assert_eq!(
+            (w3.model.dropout, w3.optimizer.name),
+            (0.5, OptimizerKind::Adam)
+        );
+        assert_eq!((w3.optimizer.lr, w3.optimizer.epsilon), (1e-3, 1e-7));
+        for w in [w1, w2, w3] {
+            assert_eq!(w.schedule.name, ScheduleKind::Constant);
+            assert_eq!((w.label_smoothing, w.ema_decay), (0.0, 0.0));
+            assert!(w.data.augmentation().is_identity());
+        }
+        Ok(())
+    }
 }

@@ -53,6 +53,12 @@ pub enum Error {
         epoch: usize,
         batch: usize,
     },
+    /// A study worker stopped training a run because another worker took it over.
+    #[error(
+        "{}: another worker took this run over (this worker's lease went stale); it goes on there",
+        run.display()
+    )]
+    LeaseLost { run: PathBuf },
     /// A saved model, checkpoint or run directory cannot be used.
     #[error("{}: {reason}", path.display())]
     Run { path: PathBuf, reason: String },
@@ -94,7 +100,10 @@ impl Error {
             | Error::Config(_)
             | Error::Usage(_)
             | Error::Run { .. } => 2,
-            Error::Io { .. } | Error::Download(_) | Error::Diverged { .. } => 1,
+            Error::Io { .. }
+            | Error::Download(_)
+            | Error::Diverged { .. }
+            | Error::LeaseLost { .. } => 1,
             Error::Interrupted { .. } => 130,
         }
     }

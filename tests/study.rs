@@ -348,10 +348,13 @@ fn run_study(text: &str, out: &Path, force: bool) -> Vec<CompletedRun> {
         quiet: true,
         provenance: Default::default(),
         train: Default::default(),
+        lease_timeout: std::time::Duration::from_secs(60),
+        shard: fmnist::study::runner::Shard::ALL,
     };
     let device = burn::prelude::Device::default();
     fmnist::study::runner::run(&study, &dataset(), &device, &options)
         .unwrap()
+        .groups
         .into_iter()
         .flatten()
         .collect()

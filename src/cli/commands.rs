@@ -130,15 +130,36 @@ pub fn study(args: StudyArgs) -> Result<()> {
             .unwrap_or_else(|| "study".into());
         std::path::PathBuf::from("runs").join(stem)
     });
+    if !(args.lease_timeout.is_finite() && args.lease_timeout > 0.0) {
+        return Err(Error::Usage(format!(
+            "--lease-timeout {}: give a positive number of seconds",
+            args.lease_timeout
+        )));
+    }
+    let lease_timeout = std::time::Duration::from_secs_f64(args.lease_timeout);
+    if args.status {
+        return study_status(&study, &out_dir, lease_timeout, args.json);
+    }
+    let shard = shard(args.shard.as_deref(), args.shard_count)?;
     let dataset = data::obtain(&args.data.options())?;
-    let runs = study.runs().count();
+    let device = device();
+    if args.report_only {
+        let (groups, missing) =
+            crate::study::runner::collect(&study, &out_dir, &Default::default())?;
+        return study_report(&study, &out_dir, groups, &missing, &dataset, &device);
+    }
     println!(
-        "Study {:?}: {} groups, {} runs, {} epochs in all; results in {}",
+        "Study {:?}: {} groups, {} runs, {} epochs in all; results in {}{}",
         study.title,
         study.groups.len(),
-        runs,
+        study.runs().count(),
         study.total_epochs(),
-        out_dir.display()
+        out_dir.display(),
+        if shard.count > 1 {
+            format!(" (shard {}/{})", shard.index, shard.count)
+        } else {
+            String::new()
+        }
     );
     let options = crate::study::runner::StudyOptions {
         out_dir: out_dir.clone(),
@@ -149,12 +170,147 @@ pub fn study(args: StudyArgs) -> Result<()> {
             interrupt: Some(interrupt_flag()?),
             ..Default::default()
         },
+        lease_timeout,
+        shard,
     };
-    let device = device();
-    let groups = crate::study::runner::run(&study, &dataset, &device, &options)?;
+    let crate::study::runner::StudyRun {
+        groups,
+        missing,
+        finished_last,
+    } = crate::study::runner::run(&study, &dataset, &device, &options)?;
+    if !missing.is_empty() {
+        println!(
+            "{} of {} runs are still being trained by other workers; the worker that finishes the \
+             last one writes the report (or run with --report-only)",
+            missing.len(),
+            study.runs().count()
+        );
+        return Ok(());
+    }
+    // Of several workers, the one that completed the last run writes the report; one process
+    // alone always writes it.
+    if (args.worker || shard.count > 1) && !finished_last {
+        println!("Every run is complete; the worker that finished the last one writes the report");
+        return Ok(());
+    }
+    study_report(&study, &out_dir, groups, &missing, &dataset, &device)
+}
+
+/// The shard `--shard` names: `I/N`, `auto` (from Slurm's or Kubernetes' environment), or all.
+fn shard(arg: Option<&str>, count: Option<usize>) -> Result<crate::study::runner::Shard> {
+    use crate::study::runner::Shard;
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    let (index, total) = match arg {
+        None => return Ok(Shard::ALL),
+        Some("auto") => match (env("SLURM_ARRAY_TASK_ID"), env("SLURM_ARRAY_TASK_COUNT")) {
+            (Some(id), Some(n)) => (id - env("SLURM_ARRAY_TASK_MIN").unwrap_or(0).min(id), n),
+            _ => match (env("JOB_COMPLETION_INDEX"), count) {
+                (Some(i), Some(n)) => (i, n),
+                (Some(_), None) => {
+                    return Err(Error::Usage(
+                        "--shard auto under Kubernetes needs --shard-count N (the Job's completions)".into(),
+                    ));
+                }
+                _ => {
+                    return Err(Error::Usage(
+                        "--shard auto: neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT nor \
+                         JOB_COMPLETION_INDEX is set; give --shard I/N"
+                            .into(),
+                    ));
+                }
+            },
+        },
+        Some(text) => {
+            let parsed = text
+                .split_once('/')
+                .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+            parsed.ok_or_else(|| {
+                Error::Usage(format!(
+                    "--shard {text:?}: write I/N, for example 0/4, or auto"
+                ))
+            })?
+        }
+    };
+    if total == 0 || index >= total {
+        return Err(Error::Usage(format!(
+            "--shard {index}/{total}: the index must be below the count (0 to {})",
+            total.max(1) - 1
+        )));
+    }
+    Ok(Shard {
+        index,
+        count: total,
+    })
+}
+
+fn study_status(
+    study: &crate::study::Study,
+    out_dir: &std::path::Path,
+    lease_timeout: std::time::Duration,
+    json: bool,
+) -> Result<()> {
+    if !out_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: no such study directory; start the study first, or give its --out",
+            out_dir.display()
+        )));
+    }
+    crate::study::runner::check_study_dir(study, out_dir)?;
+    let claims = crate::study::claims::Claims::open(out_dir, lease_timeout)?;
+    let status = crate::study::status::status(study, out_dir, &claims)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&status).expect("a status serialises")
+        );
+    } else {
+        print!("{}", crate::study::status::table(&status));
+    }
+    Ok(())
+}
+
+/// Writes the report of the complete runs and prints each group's summary.
+fn study_report(
+    study: &crate::study::Study,
+    out_dir: &std::path::Path,
+    groups: Vec<Vec<crate::study::runner::CompletedRun>>,
+    missing: &[String],
+    dataset: &crate::data::FashionMnist,
+    device: &Device,
+) -> Result<()> {
+    // A partial report shows the complete runs; groups without one are left out.
+    let (mut kept_groups, mut kept_runs) = (Vec::new(), Vec::new());
+    for (group, runs) in study.groups.iter().zip(groups) {
+        if runs.is_empty() {
+            continue;
+        }
+        let mut group = group.clone();
+        group
+            .runs
+            .retain(|p| runs.iter().any(|r| r.planned.name == p.name));
+        kept_groups.push(group);
+        kept_runs.push(runs);
+    }
+    let (shown, groups) = (
+        crate::study::Study {
+            groups: kept_groups,
+            ..study.clone()
+        },
+        kept_runs,
+    );
+    if shown.groups.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no run of the study is complete yet; nothing to report",
+            out_dir.display()
+        )));
+    }
     let report =
-        crate::report::write_study_report(&out_dir, &study, &groups, Some((&dataset, &device)))?;
-    for (group, runs) in study.groups.iter().zip(&groups) {
+        crate::report::write_study_report(out_dir, &shown, &groups, Some((dataset, device)))?;
+    for (group, runs) in shown.groups.iter().zip(&groups) {
         println!("\n{}", group.title);
         for r in runs {
             println!(
@@ -162,6 +318,13 @@ pub fn study(args: StudyArgs) -> Result<()> {
                 r.planned.name, r.result.best.epoch, r.result.best.val_acc, r.result.test_acc
             );
         }
+    }
+    if !missing.is_empty() {
+        println!(
+            "\nMissing from the report ({} runs not complete): {}",
+            missing.len(),
+            missing.join(", ")
+        );
     }
     println!("\nReport: {} (and report.md beside it)", report.display());
     Ok(())
@@ -224,6 +387,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         interrupt: Some(interrupt_flag()?),
         on_nan: args.on_nan,
+        abandon: None,
     };
     let mut console = Console::new(args.quiet);
     if let Some(dir) = &args.resume {
@@ -386,6 +550,23 @@ pub fn predict(args: PredictArgs) -> Result<()> {
 
 pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
     use crate::bench::Workload;
+    if args.workloads.contains(&Workload::Claims) {
+        let result = crate::bench::claims(10_000)?;
+        println!(
+            "{}",
+            serde_json::to_string(&result).expect("a result serialises")
+        );
+        if args.workloads.len() == 1 {
+            return Ok(());
+        }
+    }
+    let workloads: Vec<Workload> = args
+        .workloads
+        .iter()
+        .copied()
+        .filter(|w| *w != Workload::Claims)
+        .collect();
+    let args = BenchArgs { workloads, ..args };
     let workloads = if args.workloads.is_empty() {
         vec![
             Workload::Linear,

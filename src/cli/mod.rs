@@ -106,7 +106,7 @@ pub enum DataAction {
 /// A training recipe: a preset or TOML file, then flag overrides.
 #[derive(Debug, Clone, Args, Default, PartialEq)]
 pub struct RecipeArgs {
-    /// Start from a shipped preset (seed-linear, seed-mlp, cnn, speedrun, best).
+    /// Start from a shipped preset (seed-linear, seed-mlp, cnn, speedrun, best, w1, w2, w3).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     pub preset: Option<String>,
     /// Start from a TOML configuration file.
@@ -334,6 +334,34 @@ pub struct StudyArgs {
     /// Print only one line per run.
     #[arg(long)]
     pub quiet: bool,
+    /// Be one of several workers on this study directory (on this machine or others sharing it):
+    /// claim and train runs until none is left. The worker that finishes the last run writes the
+    /// report.
+    #[arg(long)]
+    pub worker: bool,
+    /// Take only every N-th run from I (0-based), as `I/N`; `auto` reads Slurm's
+    /// SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, or Kubernetes' JOB_COMPLETION_INDEX with
+    /// --shard-count. Shards still claim their runs, so they mix safely with workers.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// The number of shards, for `--shard auto` under Kubernetes (its Job's `completions`).
+    #[arg(long, value_name = "N")]
+    pub shard_count: Option<usize>,
+    /// Seconds without a heartbeat after which a run's lease is stale and another worker takes
+    /// the run over, resuming it from its checkpoint.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub lease_timeout: f64,
+    /// Show each run's state (done, running, stale, pending), the epochs left and an estimate of
+    /// the time left, then exit.
+    #[arg(long, conflicts_with_all = ["report_only", "worker", "shard"])]
+    pub status: bool,
+    /// With --status: print JSON.
+    #[arg(long, requires = "status")]
+    pub json: bool,
+    /// Write the report from the runs that are complete, naming those that are missing; train
+    /// nothing.
+    #[arg(long, conflicts_with_all = ["worker", "shard"])]
+    pub report_only: bool,
     #[command(flatten)]
     pub data: DataArgs,
 }

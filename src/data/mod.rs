@@ -1,5 +1,6 @@
 //! The Fashion-MNIST dataset: finding it ([`files`]), reading IDX files ([`idx`]), fetching it
-//! ([`download`]) and turning examples into tensors ([`batcher`], [`prefetch`]).
+//! ([`download`]) and turning examples into tensors, augmented or not ([`batcher`]), the next
+//! batch filled while the current one trains ([`prefetch`]).
 
 pub mod batcher;
 pub mod download;

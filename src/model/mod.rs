@@ -1,4 +1,6 @@
-//! Models built from configuration: the study's linear softmax model and the MLP.
+//! Models built from configuration: the study's linear softmax model and the MLP ([`mlp`]), the
+//! convolutional networks `cnn`, `cnn-bn` and `resnet` ([`cnn`]), and their Keras-style
+//! [`summary`].
 //!
 //! Every model maps `[batch, 1, 28, 28]` images to `[batch, 10]` logits; the softmax lives in the
 //! loss (cross-entropy on logits), which is the same function as Keras's softmax output layer with

@@ -1,7 +1,8 @@
 //! The study report: per group a table (run, parameters, best epoch, lowest test loss, accuracy
 //! at the best epoch and at the end, final train/test gap, seconds per epoch), the figure, and a
-//! short reading generated from the numbers; written as `report.md` and as one self-contained
-//! `report.html` that opens from disk.
+//! short reading generated from the numbers ([`analysis`]) and the best run's confusion matrix
+//! and misclassified images ([`plots`]); written as `report.md`, `report.json` and as one
+//! self-contained `report.html` that opens from disk.
 
 pub mod analysis;
 pub mod plots;
@@ -271,82 +272,93 @@ pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<Str
         escape(&study.source.display().to_string())
     );
     for g in groups {
-        let _ = writeln!(
-            out,
-            "<h2 id=\"{}\">{}</h2>",
-            escape(&g.name),
-            escape(&g.title)
-        );
-        if !g.description.is_empty() {
-            let _ = writeln!(out, "<p>{}</p>", escape(g.description.trim()));
-        }
-        out.push_str("<table>\n<tr>");
-        for h in HEADER {
-            let _ = write!(out, "<th>{h}</th>");
-        }
-        out.push_str("</tr>\n");
-        for r in &g.rows {
-            out.push_str("<tr>");
-            for c in cells(r) {
-                let _ = write!(out, "<td>{}</td>", escape(&c));
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
-        let png_path = out_dir.join(&g.figure_png);
-        let png = fsio::read(&png_path)?;
-        let _ = writeln!(
-            out,
-            "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
-            escape(&g.title),
-            base64::engine::general_purpose::STANDARD.encode(png)
-        );
-        if !g.comparison.is_empty() {
-            let _ = writeln!(
-                out,
-                "<p class=\"reading\"><strong>{}</strong></p>",
-                escape(&g.comparison)
-            );
-        }
-        out.push_str("<ul>\n");
-        for r in &g.rows {
-            let _ = writeln!(
-                out,
-                "<li><strong>{}</strong>: {}</li>",
-                escape(&r.run),
-                escape(&r.reading)
-            );
-        }
-        out.push_str("</ul>\n");
-        if let Some(b) = &g.best_run {
-            let _ = writeln!(
-                out,
-                "<h3>Best run: {} (test accuracy {:.4})</h3>\n<table>\n<tr><th>class</th><th>accuracy</th></tr>",
-                escape(&b.run),
-                b.accuracy
-            );
-            for c in &b.per_class {
-                let _ = writeln!(
-                    out,
-                    "<tr><td>{}</td><td>{:.3}</td></tr>",
-                    escape(c.name),
-                    c.accuracy
-                );
-            }
-            out.push_str("</table>\n");
-            for (alt, file) in [
-                ("confusion matrix", &b.confusion_png),
-                ("misclassified test images", &b.misclassified_png),
-            ] {
-                let png = fsio::read(&out_dir.join(file))?;
-                let _ = writeln!(
-                    out,
-                    "<img alt=\"{alt}\" src=\"data:image/png;base64,{}\">",
-                    base64::engine::general_purpose::STANDARD.encode(png)
-                );
-            }
-        }
+        html_group(&mut out, g, out_dir)?;
     }
     out.push_str("</body>\n</html>\n");
     Ok(out)
+}
+
+/// A figure file of the report as an `<img>` with its bytes inline.
+fn embedded_png(out: &mut String, alt: &str, path: &Path) -> Result<()> {
+    let png = fsio::read(path)?;
+    let _ = writeln!(
+        out,
+        "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+        escape(alt),
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    Ok(())
+}
+
+/// One group: its title, table, figure, readings and best run.
+fn html_group(out: &mut String, g: &GroupReport, out_dir: &Path) -> Result<()> {
+    let _ = writeln!(
+        out,
+        "<h2 id=\"{}\">{}</h2>",
+        escape(&g.name),
+        escape(&g.title)
+    );
+    if !g.description.is_empty() {
+        let _ = writeln!(out, "<p>{}</p>", escape(g.description.trim()));
+    }
+    out.push_str("<table>\n<tr>");
+    for h in HEADER {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr>\n");
+    for r in &g.rows {
+        out.push_str("<tr>");
+        for c in cells(r) {
+            let _ = write!(out, "<td>{}</td>", escape(&c));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    embedded_png(out, &g.title, &out_dir.join(&g.figure_png))?;
+    if !g.comparison.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"reading\"><strong>{}</strong></p>",
+            escape(&g.comparison)
+        );
+    }
+    out.push_str("<ul>\n");
+    for r in &g.rows {
+        let _ = writeln!(
+            out,
+            "<li><strong>{}</strong>: {}</li>",
+            escape(&r.run),
+            escape(&r.reading)
+        );
+    }
+    out.push_str("</ul>\n");
+    if let Some(b) = &g.best_run {
+        html_best_run(out, b, out_dir)?;
+    }
+    Ok(())
+}
+
+/// The group's most accurate run: per-class accuracy, confusion matrix, misclassified images.
+fn html_best_run(out: &mut String, b: &BestRun, out_dir: &Path) -> Result<()> {
+    let _ = writeln!(
+        out,
+        "<h3>Best run: {} (test accuracy {:.4})</h3>\n<table>\n<tr><th>class</th><th>accuracy</th></tr>",
+        escape(&b.run),
+        b.accuracy
+    );
+    for c in &b.per_class {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{:.3}</td></tr>",
+            escape(c.name),
+            c.accuracy
+        );
+    }
+    out.push_str("</table>\n");
+    embedded_png(out, "confusion matrix", &out_dir.join(&b.confusion_png))?;
+    embedded_png(
+        out,
+        "misclassified test images",
+        &out_dir.join(&b.misclassified_png),
+    )
 }

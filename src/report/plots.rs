@@ -141,6 +141,7 @@ fn epoch_chart<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
+/// The four panels of a figure: loss and accuracy per epoch, the zoom on the best epoch, the gap.
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     series: &[Series],
@@ -164,7 +165,6 @@ fn draw<DB: DrawingBackend>(
     let x_ticks = (epochs as usize).min(10);
 
     // Loss and accuracy per epoch, train dashed and test solid.
-    type Pick = fn(&crate::training::EpochRecord) -> (f64, f64);
     let metrics: [(&str, &str, Pick); 2] = [
         ("Loss per epoch", "loss (cross-entropy)", |r| {
             (r.loss, r.val_loss)
@@ -172,53 +172,82 @@ fn draw<DB: DrawingBackend>(
         ("Accuracy per epoch", "accuracy", |r| (r.acc, r.val_acc)),
     ];
     for (panel, (caption, y_desc, pick)) in panels.iter().zip(metrics) {
-        let range = padded(series.iter().flat_map(|s| {
-            s.history.epochs.iter().flat_map(move |r| {
-                let (a, b) = pick(r);
-                [a, b]
-            })
-        }));
-        let mut chart = epoch_chart(panel, caption, 1.0..epochs, range, y_desc, x_ticks)?;
-        for (i, s) in series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let train: Vec<(f64, f64)> = s
-                .history
-                .epochs
-                .iter()
-                .map(|r| (r.epoch as f64, pick(r).0))
-                .collect();
-            let test: Vec<(f64, f64)> = s
-                .history
-                .epochs
-                .iter()
-                .map(|r| (r.epoch as f64, pick(r).1))
-                .collect();
-            chart
-                .draw_series(DashedLineSeries::new(train, 8, 5, color.stroke_width(2)))
-                .map_err(err)?;
-            chart
-                .draw_series(LineSeries::new(test, color.stroke_width(2)))
-                .map_err(err)?
-                .label(s.label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(if caption.starts_with("Loss") {
-                SeriesLabelPosition::UpperRight
-            } else {
-                SeriesLabelPosition::LowerRight
-            })
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
+        draw_metric(panel, series, caption, y_desc, pick, epochs, x_ticks)?;
     }
+    draw_zoom(&panels[2], series, epochs)?;
+    draw_gap(&panels[3], series, epochs, x_ticks)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
 
-    // Zoom on the test loss around its minimum, each run's best epoch marked.
+/// Which pair of values a metric panel plots: (train, test).
+type Pick = fn(&crate::training::EpochRecord) -> (f64, f64);
+
+/// One metric per epoch, train dashed and test solid, with a legend.
+fn draw_metric<DB: DrawingBackend>(
+    panel: &DrawingArea<DB, Shift>,
+    series: &[Series],
+    caption: &str,
+    y_desc: &str,
+    pick: Pick,
+    epochs: f64,
+    x_ticks: usize,
+) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let range = padded(series.iter().flat_map(|s| {
+        s.history.epochs.iter().flat_map(move |r| {
+            let (a, b) = pick(r);
+            [a, b]
+        })
+    }));
+    let mut chart = epoch_chart(panel, caption, 1.0..epochs, range, y_desc, x_ticks)?;
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let train: Vec<(f64, f64)> = s
+            .history
+            .epochs
+            .iter()
+            .map(|r| (r.epoch as f64, pick(r).0))
+            .collect();
+        let test: Vec<(f64, f64)> = s
+            .history
+            .epochs
+            .iter()
+            .map(|r| (r.epoch as f64, pick(r).1))
+            .collect();
+        chart
+            .draw_series(DashedLineSeries::new(train, 8, 5, color.stroke_width(2)))
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(test, color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(if caption.starts_with("Loss") {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::LowerRight
+        })
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The test loss around its minimum, each run's best epoch marked and named.
+fn draw_zoom<DB: DrawingBackend>(
+    panel: &DrawingArea<DB, Shift>,
+    series: &[Series],
+    epochs: f64,
+) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let bests: Vec<(usize, f64)> = series
         .iter()
         .filter_map(|s| s.history.best().map(|b| (b.epoch, b.val_loss)))
@@ -238,7 +267,7 @@ fn draw<DB: DrawingBackend>(
             .map(|r| r.val_loss)
     }));
     let mut chart = epoch_chart(
-        &panels[2],
+        panel,
         "Test loss around its minimum (best epoch marked)",
         x0..x1,
         range.clone(),
@@ -271,15 +300,15 @@ fn draw<DB: DrawingBackend>(
                 .draw_series(std::iter::once(Circle::new((x, y), 6, color.filled())))
                 .map_err(err)?;
             let (px, py) = chart.backend_coord(&(x0, range.end));
-            panels[2]
+            panel
                 .draw(&Text::new(
                     format!(
                         "{}: best epoch {} (test loss {:.4})",
                         s.label, best.epoch, best.val_loss
                     ),
                     (
-                        px + 12 - panels[2].get_base_pixel().0,
-                        py + 8 + 18 * i as i32 - panels[2].get_base_pixel().1,
+                        px + 12 - panel.get_base_pixel().0,
+                        py + 8 + 18 * i as i32 - panel.get_base_pixel().1,
                     ),
                     (FONT, 15).into_font().color(&color),
                 ))
@@ -287,12 +316,22 @@ fn draw<DB: DrawingBackend>(
         }
     }
 
-    // The train/test gap.
+    Ok(())
+}
+
+/// The train/test gap per epoch.
+fn draw_gap<DB: DrawingBackend>(
+    panel: &DrawingArea<DB, Shift>,
+    series: &[Series],
+    epochs: f64,
+    x_ticks: usize,
+) -> std::result::Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let gaps: Vec<Vec<(usize, f64)>> = series.iter().map(|s| analysis::gap(s.history)).collect();
     let mut range = padded(gaps.iter().flatten().map(|&(_, g)| g));
     range.start = range.start.min(0.0);
     let mut chart = epoch_chart(
-        &panels[3],
+        panel,
         "Train/test gap: test loss minus train loss",
         1.0..epochs,
         range,
@@ -308,7 +347,6 @@ fn draw<DB: DrawingBackend>(
             ))
             .map_err(err)?;
     }
-    root.present().map_err(err)?;
     Ok(())
 }
 

@@ -17,7 +17,9 @@
 //! short names of the command-line flags (`activation`, `hidden`, `dropout`, `lr`, ...), `preset`
 //! (the configuration to start from) and, in a run, `name`.
 
+pub mod claims;
 pub mod runner;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,6 +164,15 @@ struct Context<'a> {
     text: &'a str,
 }
 
+/// A run's settings applied to its configuration table.
+struct Applied {
+    table: Table,
+    /// The run's own settings as `key = value`, for the report.
+    settings: Vec<(String, String)>,
+    /// The one parameter the run lists values for, if any.
+    expansion: Option<Leaf>,
+}
+
 /// One setting to apply: a dotted path and a value, with the position of its key.
 struct Leaf {
     path: Vec<String>,
@@ -233,10 +244,16 @@ impl Context<'_> {
         let run = layers[layers.len() - 1];
         let resolved = self.base_table(layers).and_then(|table| {
             let name = self.run_name(run, group)?;
-            let (table, settings, expansion) = self.apply_layers(layers, table)?;
-            Ok((table, name, settings, expansion))
+            Ok((name, self.apply_layers(layers, table)?))
         });
-        let (table, name, settings, expansion) = match resolved {
+        let (
+            name,
+            Applied {
+                table,
+                settings,
+                expansion,
+            },
+        ) = match resolved {
             Ok(parts) => parts,
             Err(e) => return vec![Err(e)],
         };
@@ -297,11 +314,7 @@ impl Context<'_> {
 
     /// Applies the layers' settings to `table`, outermost first. Returns the table, the run's own
     /// settings as `key = value` (for the report) and the one parameter it lists, if any.
-    fn apply_layers(
-        &self,
-        layers: &[&Settings],
-        mut table: Table,
-    ) -> Result<(Table, Vec<(String, String)>, Option<Leaf>)> {
+    fn apply_layers(&self, layers: &[&Settings], mut table: Table) -> Result<Applied> {
         let mut settings: Vec<(String, String)> = Vec::new();
         let mut expansion: Option<Leaf> = None;
         for (depth, layer) in layers.iter().enumerate() {
@@ -324,7 +337,11 @@ impl Context<'_> {
         if let Some((_, v)) = run.iter().find(|(k, _)| k.get_ref() == "preset") {
             settings.insert(0, ("preset".to_string(), display_value(v.get_ref())));
         }
-        Ok((table, settings, expansion))
+        Ok(Applied {
+            table,
+            settings,
+            expansion,
+        })
     }
 
     /// Whether `leaf` lists values to compare rather than giving one (an array where the

@@ -1,17 +1,26 @@
-//! Runs a study: trains each planned run in order, reuses runs already completed with the same
-//! recipe, shows the study's progress, then writes the report.
+//! Runs a study: claims its runs one at a time ([`claims`](super::claims)) and trains them,
+//! resuming a run from its checkpoint when one is there, until no run of this worker's share is
+//! left; then gathers every run's results for the report ([`crate::report`]). One process, many
+//! processes on one machine, and workers on many machines sharing the study directory all go
+//! through the same claims, so each run is trained once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use super::claims::{Claim, Claims, Holder, unix_now};
 use super::{PlannedRun, Study};
 use crate::data::FashionMnist;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fsio;
 use crate::training::checkpoint::Checkpoint;
 use crate::training::config::{Provenance, TrainConfig};
 use crate::training::progress::epoch_line;
@@ -29,10 +38,26 @@ pub struct CompletedRun {
     pub reused: bool,
 }
 
+/// Which runs a worker takes: all of them, or every `count`-th from `index` (a static split for
+/// schedulers that start one task per index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    fn takes(&self, unit: usize) -> bool {
+        unit % self.count == self.index
+    }
+}
+
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct StudyOptions {
-    /// The study's output directory: `runs/`, `plots/`, `report.html`, `report.md`.
+    /// The study's output directory: `runs/`, `claims/`, `plots/`, `report.html`, `report.md`.
     pub out_dir: PathBuf,
     /// Retrain every run even when a completed one with the same recipe exists.
     pub force: bool,
@@ -42,110 +67,393 @@ pub struct StudyOptions {
     pub provenance: Provenance,
     /// Checkpointing and interruption, passed to every run.
     pub train: TrainOptions,
+    /// A lease whose heartbeat is older than this is taken over by another worker.
+    pub lease_timeout: Duration,
+    /// This worker's share of the runs.
+    pub shard: Shard,
 }
 
-/// Trains (or reuses) every run of `study` and returns them group by group.
+/// A unit of work: the first run of each distinct recipe (runs that share a recipe are trained
+/// once), with the recipe's hash, which identifies the run together with its name.
+pub struct Unit<'a> {
+    pub run: &'a PlannedRun,
+    pub hash: String,
+}
+
+/// The study's units in order.
+pub fn units(study: &Study) -> Vec<Unit<'_>> {
+    let mut seen = HashSet::new();
+    study
+        .runs()
+        .filter_map(|run| {
+            let hash = recipe_hash(&run.config);
+            seen.insert(hash.clone()).then_some(Unit { run, hash })
+        })
+        .collect()
+}
+
+/// SHA-256 of the recipe (the configuration without its provenance), in hex.
+pub fn recipe_hash(config: &TrainConfig) -> String {
+    hex::encode(Sha256::digest(config.recipe().to_toml()))
+}
+
+/// `study.json` in the output directory: which study file made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StudyIdentity {
+    file: String,
+}
+
+/// Checks that `out_dir` belongs to `study` (by its file name), marking it so if it is new.
+pub fn check_study_dir(study: &Study, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let file = study
+        .source
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = out_dir.join("study.json");
+    let mine = StudyIdentity { file };
+    if !path.exists() {
+        let text = serde_json::to_string(&mine).expect("an identity serialises");
+        let tmp = fsio::temp_path(&path);
+        fsio::write_atomic(&tmp, text.as_bytes())?;
+        // Several workers may start at once: the first link wins, the others compare with it.
+        let _ = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let text = fsio::read_text(&path)?;
+    let theirs: StudyIdentity = serde_json::from_str(&text).map_err(|e| Error::Run {
+        path: path.clone(),
+        reason: format!(
+            "not a study directory's identity ({e}); delete it or choose another --out"
+        ),
+    })?;
+    if theirs != mine {
+        return Err(Error::Usage(format!(
+            "{}: this study directory was made by the study file {:?}, not {:?}; choose another --out",
+            out_dir.display(),
+            theirs.file,
+            mine.file
+        )));
+    }
+    Ok(())
+}
+
+/// What [`run`] leaves: the complete runs, group by group, the names of the runs that are not
+/// complete, and whether this worker completed the study's last run.
+pub struct StudyRun {
+    pub groups: Vec<Vec<CompletedRun>>,
+    pub missing: Vec<String>,
+    pub finished_last: bool,
+}
+
+/// Trains this worker's share of `study` (claiming each run, waiting for runs that other
+/// workers hold until they are complete or their lease goes stale), then gathers every run
+/// that is complete.
 pub fn run(
     study: &Study,
     data: &FashionMnist,
     device: &Device,
     options: &StudyOptions,
-) -> Result<Vec<Vec<CompletedRun>>> {
+) -> Result<StudyRun> {
+    check_study_dir(study, &options.out_dir)?;
+    let claims = Claims::open(&options.out_dir, options.lease_timeout)?;
+    let units = units(study);
+    // A done marker stands for a complete run only while the run's result is there: one
+    // that lost it (deleted, or a directory copied in part) is trained again.
     let runs_root = options.out_dir.join("runs");
-    std::fs::create_dir_all(&runs_root).map_err(|e| crate::Error::io(&runs_root, e))?;
-    let total_runs = study.runs().count();
-    let mut progress = StudyProgress::new(study.total_epochs(), options.quiet);
-    let mut by_recipe: HashMap<String, CompletedRun> = HashMap::new();
+    for unit in &units {
+        let name = &unit.run.name;
+        if options.force || !runs_root.join(name).join("result.json").is_file() {
+            let _ = std::fs::remove_file(options.out_dir.join(format!("claims/{name}.done")));
+        }
+    }
+    let mut worker = Worker {
+        study,
+        data,
+        device,
+        options,
+        claims,
+        holder: Holder::this_process(),
+        progress: StudyProgress::new(study.total_epochs(), options.quiet),
+        trained: HashSet::new(),
+        finished_last: false,
+    };
+    worker.work(&units)?;
+    worker.progress.finish();
+    let (groups, missing) = collect(study, &options.out_dir, &worker.trained)?;
+    Ok(StudyRun {
+        groups,
+        missing,
+        finished_last: worker.finished_last,
+    })
+}
+
+/// One worker process.
+struct Worker<'a> {
+    study: &'a Study,
+    data: &'a FashionMnist,
+    device: &'a Device,
+    options: &'a StudyOptions,
+    claims: Claims,
+    holder: Holder,
+    progress: StudyProgress,
+    /// Names of the units this process trained.
+    trained: HashSet<String>,
+    /// Whether the unit this worker completed last was the study's last one.
+    finished_last: bool,
+}
+
+impl Worker<'_> {
+    /// Claims and trains units of this worker's share until every one of them is done.
+    fn work(&mut self, units: &[Unit]) -> Result<()> {
+        let mine: Vec<(usize, &Unit)> = units
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.options.shard.takes(*i))
+            .collect();
+        let poll =
+            (self.claims.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+        let mut announced = HashSet::new();
+        loop {
+            let state = self.claims.list()?;
+            let mut left = 0;
+            let mut trained_one = false;
+            for &(i, unit) in &mine {
+                let name = &unit.run.name;
+                match state.get(name) {
+                    Some(Claim::Done { recipe }) if *recipe == unit.hash => {
+                        if announced.insert(name.clone()) {
+                            self.progress.skip(unit.run.config.epochs);
+                        }
+                        continue;
+                    }
+                    Some(claim @ Claim::Leased { .. }) if !self.claims.is_stale(claim) => {
+                        left += 1;
+                        continue;
+                    }
+                    Some(Claim::Leased { .. }) => {
+                        self.claims.break_stale(name, &self.holder)?;
+                    }
+                    _ => {}
+                }
+                left += 1;
+                if self.claims.claim(name, &self.holder)? {
+                    let label = format!("[{}/{}] {}", i + 1, units.len(), name);
+                    match self.train_unit(unit, &label) {
+                        Err(e @ Error::LeaseLost { .. }) => {
+                            self.progress.say(&format!("{label}: {e}"))
+                        }
+                        other => other?,
+                    }
+                    announced.insert(name.clone());
+                    trained_one = true;
+                    let now = self.claims.list()?;
+                    self.finished_last = units.iter().all(|u| {
+                        matches!(now.get(&u.run.name), Some(Claim::Done { recipe }) if *recipe == u.hash)
+                    });
+                    break;
+                }
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            if !trained_one {
+                std::thread::sleep(poll);
+            }
+        }
+    }
+
+    /// Trains (or resumes) the unit whose lease this worker holds, keeping the lease alive,
+    /// and marks it complete.
+    fn train_unit(&mut self, unit: &Unit, label: &str) -> Result<()> {
+        let planned = unit.run;
+        let runs_root = self.options.out_dir.join("runs");
+        let dir = runs_root.join(&planned.name);
+        if !self.options.force && completed_run(&dir, &planned.config).is_some() {
+            self.progress.skip(planned.config.epochs);
+            self.progress.say(&format!(
+                "{label}: already complete, reusing {}",
+                dir.display()
+            ));
+            return self.claims.complete(&planned.name, &unit.hash);
+        }
+        let resumable = !self.options.force && resumable(&dir, &planned.config);
+        let (run_dir, from) = if resumable {
+            let position = Checkpoint::load(&dir)?.position;
+            self.progress.say(&format!(
+                "{label}: resuming from its checkpoint (epoch {}, batch {})",
+                position.epoch + 1,
+                position.batch
+            ));
+            (RunDir::open(&dir)?, (position.epoch, position.batch))
+        } else {
+            self.progress.say(&format!(
+                "{label}: training {} epochs",
+                planned.config.epochs
+            ));
+            let created = RunDir::create(&runs_root, Some(&planned.name), &planned.name, true)?;
+            (created, (0, 0))
+        };
+        record_start(&run_dir, &self.holder, from)?;
+        let mut config = planned.config.clone();
+        config.provenance = Some(Provenance {
+            preset: format!("study {}", self.study.source.display()),
+            ..self.options.provenance.clone()
+        });
+        let lost = Arc::new(AtomicBool::new(false));
+        let beating = Heartbeat::start(&self.claims, &planned.name, &self.holder, lost.clone());
+        let mut train = self.options.train.clone();
+        train.abandon = Some(lost);
+        self.progress.begin_run(label, config.epochs);
+        let result = if resumable {
+            training::resume(self.data, &run_dir, self.device, &mut self.progress, &train)
+        } else {
+            training::train_with(
+                &config,
+                self.data,
+                &run_dir,
+                self.device,
+                &mut self.progress,
+                &train,
+            )
+        };
+        beating.stop();
+        self.progress.end_run();
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                if !matches!(e, Error::LeaseLost { .. }) {
+                    self.claims.release(&planned.name);
+                }
+                return Err(e);
+            }
+        };
+        self.progress.say(&format!(
+            "{label}: best epoch {} (test loss {:.4}, acc {:.4}), final acc {:.4}, {:.2}s/epoch",
+            result.best.epoch,
+            result.best.val_loss,
+            result.best.val_acc,
+            result.test_acc,
+            result.seconds_per_epoch
+        ));
+        self.trained.insert(planned.name.clone());
+        self.claims.complete(&planned.name, &unit.hash)
+    }
+}
+
+/// Renews a lease from a thread of its own while the run trains; sets `lost` if the lease is
+/// no longer this worker's.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(claims: &Claims, run: &str, holder: &Holder, lost: Arc<AtomicBool>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (claims, run, holder, stopped) = (
+            claims.clone(),
+            run.to_string(),
+            holder.clone(),
+            stop.clone(),
+        );
+        let every = claims.timeout / 4;
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(every));
+                if last.elapsed() >= every {
+                    last = Instant::now();
+                    if !claims.heartbeat(&run, &holder) {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One start of a run: which worker, when, and where in the run it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub worker: String,
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The epoch and batch it started from (0, 0 for a fresh start).
+    pub epoch: usize,
+    pub batch: usize,
+}
+
+/// Appends this start to the run's `workers.json` (who trained it, how often it was started).
+fn record_start(run: &RunDir, holder: &Holder, (epoch, batch): (usize, usize)) -> Result<()> {
+    let mut starts = read_starts(&run.path);
+    starts.push(Start {
+        worker: holder.worker.clone(),
+        host: holder.host.clone(),
+        pid: holder.pid,
+        at: unix_now(),
+        epoch,
+        batch,
+    });
+    fsio::write_json(&run.file("workers.json"), &starts)
+}
+
+/// The starts recorded for the run in `dir` (none when there is no record).
+pub fn read_starts(dir: &Path) -> Vec<Start> {
+    fsio::read_text(&dir.join("workers.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Every complete run of `study` in `out_dir`, group by group (runs sharing a recipe share the
+/// directory of the first), and the names of the runs that are not complete.
+pub fn collect(
+    study: &Study,
+    out_dir: &Path,
+    trained: &HashSet<String>,
+) -> Result<(Vec<Vec<CompletedRun>>, Vec<String>)> {
+    let runs_root = out_dir.join("runs");
+    let mut unit_of: HashMap<String, String> = HashMap::new();
+    for unit in units(study) {
+        unit_of.insert(unit.hash, unit.run.name.clone());
+    }
+    let mut missing = Vec::new();
     let mut groups = Vec::new();
-    let mut k = 0;
     for group in &study.groups {
         let mut done = Vec::new();
         for planned in &group.runs {
-            k += 1;
-            let recipe = planned.config.recipe().to_toml();
-            let dir = runs_root.join(&planned.name);
-            let label = format!("[{k}/{total_runs}] {}/{}", group.name, planned.name);
-            let completed = if let Some(same) = by_recipe.get(&recipe) {
-                progress.skip(planned.config.epochs);
-                progress.say(&format!(
-                    "{label}: same recipe as {}, reusing it",
-                    same.planned.name
-                ));
-                CompletedRun {
-                    planned: planned.clone(),
-                    reused: true,
-                    ..same.clone()
-                }
-            } else if let Some(existing) = (!options.force)
-                .then(|| completed_run(&dir, &planned.config))
-                .flatten()
-            {
-                progress.skip(planned.config.epochs);
-                progress.say(&format!(
-                    "{label}: already complete, reusing {}",
-                    dir.display()
-                ));
-                CompletedRun {
+            let unit = &unit_of[&recipe_hash(&planned.config)];
+            let dir = runs_root.join(unit);
+            match completed_run(&dir, &planned.config) {
+                Some((history, result)) => done.push(CompletedRun {
                     planned: planned.clone(),
                     dir,
-                    history: existing.0,
-                    result: existing.1,
-                    reused: true,
-                }
-            } else {
-                let resumable = !options.force && resumable(&dir, &planned.config);
-                let run_dir = if resumable {
-                    progress.say(&format!("{label}: resuming from its checkpoint"));
-                    RunDir::open(&dir)?
-                } else {
-                    progress.say(&format!(
-                        "{label}: training {} epochs",
-                        planned.config.epochs
-                    ));
-                    RunDir::create(&runs_root, Some(&planned.name), &planned.name, true)?
-                };
-                let mut config = planned.config.clone();
-                config.provenance = Some(Provenance {
-                    preset: format!("study {}", study.source.display()),
-                    ..options.provenance.clone()
-                });
-                progress.begin_run(&label, config.epochs);
-                let result = if resumable {
-                    training::resume(data, &run_dir, device, &mut progress, &options.train)?
-                } else {
-                    training::train_with(
-                        &config,
-                        data,
-                        &run_dir,
-                        device,
-                        &mut progress,
-                        &options.train,
-                    )?
-                };
-                progress.end_run();
-                progress.say(&format!(
-                    "{label}: best epoch {} (test loss {:.4}, acc {:.4}), final acc {:.4}, {:.2}s/epoch",
-                    result.best.epoch,
-                    result.best.val_loss,
-                    result.best.val_acc,
-                    result.test_acc,
-                    result.seconds_per_epoch
-                ));
-                CompletedRun {
-                    planned: planned.clone(),
-                    dir: run_dir.path.clone(),
-                    history: History::read(&run_dir.path)?,
+                    history,
                     result,
-                    reused: false,
-                }
-            };
-            by_recipe.insert(recipe, completed.clone());
-            done.push(completed);
+                    reused: !trained.contains(&planned.name),
+                }),
+                None => missing.push(planned.name.clone()),
+            }
         }
         groups.push(done);
     }
-    progress.finish();
-    Ok(groups)
+    Ok((groups, missing))
 }
 
 /// Whether `dir` holds an unfinished run of `config`'s recipe with a usable checkpoint.

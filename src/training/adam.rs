@@ -5,6 +5,9 @@
 //! and precision, in one loop on the flex backend (bit-identical to Burn's, checked in the tests),
 //! and hands every other case (other backends, AMSGrad) to Burn's. It keeps Burn's state type, so
 //! checkpoints stay interchangeable.
+//!
+//! Measured (docs/performance.md, W3 CNN): Burn's element-wise operations fell from 5.2% to 3.6%
+//! of the CPU samples of a training epoch; the epoch time moved within the machine's noise.
 
 use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::prelude::*;

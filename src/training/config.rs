@@ -15,7 +15,7 @@ use crate::model::ModelConfig;
 pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 5] = [
+pub const PRESETS: [(&str, &str); 8] = [
     (
         "seed-linear",
         include_str!("../../presets/seed-linear.toml"),
@@ -24,6 +24,9 @@ pub const PRESETS: [(&str, &str); 5] = [
     ("cnn", include_str!("../../presets/cnn.toml")),
     ("speedrun", include_str!("../../presets/speedrun.toml")),
     ("best", include_str!("../../presets/best.toml")),
+    ("w1", include_str!("../../presets/w1.toml")),
+    ("w2", include_str!("../../presets/w2.toml")),
+    ("w3", include_str!("../../presets/w3.toml")),
 ];
 
 /// The `[data]` table.

@@ -2,6 +2,11 @@
 //! rate for that batch; evaluate on the
 //! validation data after every epoch; keep the best and the last weights; checkpoint at the end of
 //! every epoch (and every N batches on request) so that a stopped run continues exactly.
+//!
+//! The loop is fmnist's own rather than `burn-train`'s `Learner` because a run must resume bit for
+//! bit from a checkpoint taken in the middle of an epoch: every batch's randomness is derived from
+//! the seed, the epoch and the batch ([`derive_seed`]), and the checkpoint holds the running
+//! metrics, the optimiser, the weight average and lookahead's state.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -61,6 +66,9 @@ pub struct TrainOptions {
     /// When set (by SIGINT or SIGTERM), checkpoint after the current batch and stop.
     pub interrupt: Option<Arc<AtomicBool>>,
     pub on_nan: NanPolicy,
+    /// When set (a study worker lost the run's lease to another worker), stop before the next
+    /// batch without writing anything more: the run is no longer this process's.
+    pub abandon: Option<Arc<AtomicBool>>,
 }
 
 /// SplitMix64 over the run's seed, an epoch, a batch and a purpose: every batch's randomness can
@@ -200,6 +208,18 @@ fn clean_temporaries(dir: &std::path::Path) {
     }
 }
 
+/// The run's wall clock: this process's time plus what earlier processes recorded.
+struct RunClock {
+    started: Instant,
+    before: f64,
+}
+
+impl RunClock {
+    fn elapsed(&self) -> f64 {
+        self.before + self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// One run's fixed inputs.
 struct Trainer<'a> {
     config: &'a TrainConfig,
@@ -241,6 +261,17 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// An error when the run has been abandoned (see [`TrainOptions::abandon`]).
+    fn check_abandoned(&self) -> Result<()> {
+        let lost = self.options.abandon.as_ref();
+        if lost.is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+            return Err(Error::LeaseLost {
+                run: self.run.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn interrupted(&self) -> bool {
         self.options
             .interrupt
@@ -261,6 +292,7 @@ impl<'a> Trainer<'a> {
         )
     }
 
+    /// Trains the epochs left from `position`, one after another.
     fn run_epochs(
         &self,
         prefetcher: &Prefetcher,
@@ -268,162 +300,211 @@ impl<'a> Trainer<'a> {
         mut position: Position,
         reporter: &mut dyn Reporter,
     ) -> Result<RunResult> {
-        let (config, run) = (self.config, self.run);
-        let started = Instant::now();
-        let elapsed_before = position.elapsed_seconds;
-        let train_device = self.device.clone().autodiff();
-        let smoothing = config.label_smoothing as f32;
-        let n = self.train_split.len();
-        let batches = n.div_ceil(config.batch_size);
-        let augmentation = config.data.augmentation();
-        reporter.start(config, batches);
-        let mut order: Vec<usize> = (0..n).collect();
-
+        let config = self.config;
+        let clock = RunClock {
+            started: Instant::now(),
+            before: position.elapsed_seconds,
+        };
+        reporter.start(config, self.batches());
+        let mut order: Vec<usize> = (0..self.train_split.len()).collect();
         while position.epoch < config.epochs && !position.finished {
             let epoch = position.epoch;
-            // Cosine, one-cycle and warm-up move the rate every batch; the others every epoch.
-            let lr_at = |b: usize| {
-                config
-                    .schedule
-                    .lr_at_batch(config.optimizer.lr, epoch, b, batches, config.epochs)
-            };
-            reporter.epoch_start(epoch + 1, config.epochs, lr_at(0));
-            // Each epoch shuffles 0..n afresh, so that its order depends on the seed alone.
-            order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-            order.shuffle(&mut StdRng::seed_from_u64(derive_seed(
-                config.seed,
-                epoch,
-                0,
-                STREAM_SHUFFLE,
-            )));
-
-            let mut clock = Instant::now();
-            for (b, indices) in order
-                .chunks(config.batch_size)
-                .enumerate()
-                .skip(position.batch)
-            {
-                train_device.seed(derive_seed(config.seed, epoch, b, STREAM_DEVICE));
-                let mut augment_rng =
-                    StdRng::seed_from_u64(derive_seed(config.seed, epoch, b, STREAM_AUGMENT));
-                let batch = if augmentation.is_identity() {
-                    // The next batch is filled while this one trains.
-                    let batch = prefetcher.take(indices, &train_device);
-                    if let Some(next) = order.chunks(config.batch_size).nth(b + 1) {
-                        prefetcher.queue(next);
-                    }
-                    batch
-                } else {
-                    self.batcher.batch_augmented(
-                        &self.train_split,
-                        indices,
-                        augmentation,
-                        &mut augment_rng,
-                        &train_device,
-                    )
-                };
-                let logits = learner.model.forward(batch.images);
-                let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
-                let loss_value = loss.clone().into_scalar::<f64>();
-                let lr = lr_at(b);
-                position.batch = b + 1;
-                if loss_value.is_finite() {
-                    position.correct += predicted_classes(logits.inner())
-                        .iter()
-                        .zip(indices)
-                        .filter(|&(&p, &i)| p == self.train_split.labels[i])
-                        .count() as i64;
-                    position.loss_sum += loss_value * indices.len() as f64;
-                    position.seen += indices.len();
-                    let grads = GradientsParams::from_grads(loss.backward(), &learner.model);
-                    learner = learner.step(lr, grads, &mut position);
-                } else if self.options.on_nan == NanPolicy::Skip {
-                    position.skipped_batches += 1;
-                } else {
-                    return Err(Error::Diverged {
-                        value: loss_value,
-                        epoch: epoch + 1,
-                        batch: b + 1,
-                        lr,
-                    });
-                }
-                let seen = position.seen.max(1) as f64;
-                reporter.batch(
-                    b + 1,
-                    batches,
-                    position.loss_sum / seen,
-                    position.correct as f64 / seen,
-                );
-                let every = self.options.checkpoint_every;
-                let interrupted = self.interrupted();
-                if b + 1 < batches && (interrupted || (every > 0 && (b + 1) % every == 0)) {
-                    position.epoch_seconds += clock.elapsed().as_secs_f64();
-                    position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-                    learner.save_checkpoint(run, &position)?;
-                    clock = Instant::now();
-                    if interrupted {
-                        return Err(Error::Interrupted {
-                            run: run.path.clone(),
-                            epoch: epoch + 1,
-                            batch: b + 1,
-                        });
-                    }
-                }
-            }
-            let seconds = position.epoch_seconds + clock.elapsed().as_secs_f64();
-
-            let eval_start = Instant::now();
-            let valid = learner.evaluated();
-            let scores = evaluate_with(
-                &valid,
-                &self.val_split,
-                &self.batcher,
-                self.device,
-                config.eval_batch_size,
-                Tta::NONE,
-            );
-            let seen = position.seen.max(1) as f64;
-            let record = EpochRecord {
-                epoch: epoch + 1,
-                lr: lr_at(0),
-                lr_last: Some(lr_at(batches - 1)),
-                loss: position.loss_sum / seen,
-                acc: position.correct as f64 / seen,
-                val_loss: scores.loss,
-                val_acc: scores.accuracy,
-                seconds,
-                eval_seconds: eval_start.elapsed().as_secs_f64(),
-            };
-            let improved = position
-                .history
-                .best()
-                .is_none_or(|b| record.val_loss < b.val_loss);
-            position.history.epochs.push(record.clone());
-            if improved {
-                run.save_weights(&valid, Weights::Best)?;
-            }
-            run.save_weights(&valid, Weights::Last)?;
-            position.history.write(&run.path)?;
-            let stop = should_stop(&config.early_stopping, &mut position, record.val_loss);
-            position.epoch += 1;
-            position.batch = 0;
-            position.loss_sum = 0.0;
-            position.correct = 0;
-            position.seen = 0;
-            position.epoch_seconds = 0.0;
-            position.finished = stop || position.epoch == config.epochs;
-            position.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-            learner.save_checkpoint(run, &position)?;
+            reporter.epoch_start(epoch + 1, config.epochs, self.lr_at(epoch, 0));
+            self.shuffle(&mut order, epoch);
+            let seconds;
+            (learner, seconds) =
+                self.train_epoch(prefetcher, learner, &mut position, &order, &clock, reporter)?;
+            let record = self.end_epoch(&learner, &mut position, seconds, &clock)?;
             reporter.epoch_end(&record, config.epochs);
             if !position.finished && self.interrupted() {
                 return Err(Error::Interrupted {
-                    run: run.path.clone(),
+                    run: self.run.path.clone(),
                     epoch: epoch + 2,
                     batch: 0,
                 });
             }
         }
         self.finish(&position, learner.evaluated())
+    }
+
+    fn batches(&self) -> usize {
+        self.train_split.len().div_ceil(self.config.batch_size)
+    }
+
+    /// The rate for batch `batch` of `epoch`: cosine, one-cycle and warm-up move it every
+    /// batch, the other schedules every epoch.
+    fn lr_at(&self, epoch: usize, batch: usize) -> f64 {
+        let config = self.config;
+        config.schedule.lr_at_batch(
+            config.optimizer.lr,
+            epoch,
+            batch,
+            self.batches(),
+            config.epochs,
+        )
+    }
+
+    /// Each epoch shuffles `0..n` afresh, so that its order depends on the seed alone.
+    fn shuffle(&self, order: &mut [usize], epoch: usize) {
+        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+        let seed = derive_seed(self.config.seed, epoch, 0, STREAM_SHUFFLE);
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+    }
+
+    /// Trains the batches of `position.epoch` from `position.batch` on, checkpointing every
+    /// `checkpoint_every` batches and when interrupted. Returns the learner and the epoch's
+    /// training seconds.
+    fn train_epoch(
+        &self,
+        prefetcher: &Prefetcher,
+        mut learner: Learner,
+        position: &mut Position,
+        order: &[usize],
+        clock: &RunClock,
+        reporter: &mut dyn Reporter,
+    ) -> Result<(Learner, f64)> {
+        let (epoch, batches) = (position.epoch, self.batches());
+        let mut epoch_clock = Instant::now();
+        let chunks = order.chunks(self.config.batch_size);
+        for (b, indices) in chunks.clone().enumerate().skip(position.batch) {
+            self.check_abandoned()?;
+            let next = chunks.clone().nth(b + 1);
+            learner = self.train_batch(prefetcher, learner, position, b, indices, next)?;
+            let seen = position.seen.max(1) as f64;
+            let (loss, acc) = (position.loss_sum / seen, position.correct as f64 / seen);
+            reporter.batch(b + 1, batches, loss, acc);
+            let every = self.options.checkpoint_every;
+            let interrupted = self.interrupted();
+            if b + 1 < batches && (interrupted || (every > 0 && (b + 1) % every == 0)) {
+                position.epoch_seconds += epoch_clock.elapsed().as_secs_f64();
+                position.elapsed_seconds = clock.elapsed();
+                learner.save_checkpoint(self.run, position)?;
+                epoch_clock = Instant::now();
+                if interrupted {
+                    return Err(Error::Interrupted {
+                        run: self.run.path.clone(),
+                        epoch: epoch + 1,
+                        batch: b + 1,
+                    });
+                }
+            }
+        }
+        let seconds = position.epoch_seconds + epoch_clock.elapsed().as_secs_f64();
+        Ok((learner, seconds))
+    }
+
+    /// One optimiser step on batch `b` (`indices`) of `position.epoch` at the schedule's rate for
+    /// that batch; queues `next` for the prefetcher. A non-finite loss stops the run or skips the
+    /// batch, as `on_nan` says.
+    fn train_batch(
+        &self,
+        prefetcher: &Prefetcher,
+        learner: Learner,
+        position: &mut Position,
+        b: usize,
+        indices: &[usize],
+        next: Option<&[usize]>,
+    ) -> Result<Learner> {
+        let (config, epoch) = (self.config, position.epoch);
+        let train_device = self.device.clone().autodiff();
+        train_device.seed(derive_seed(config.seed, epoch, b, STREAM_DEVICE));
+        let augmentation = config.data.augmentation();
+        let batch = if augmentation.is_identity() {
+            // The next batch is filled while this one trains.
+            let batch = prefetcher.take(indices, &train_device);
+            if let Some(next) = next {
+                prefetcher.queue(next);
+            }
+            batch
+        } else {
+            let mut rng = StdRng::seed_from_u64(derive_seed(config.seed, epoch, b, STREAM_AUGMENT));
+            let split = &self.train_split;
+            self.batcher
+                .batch_augmented(split, indices, augmentation, &mut rng, &train_device)
+        };
+        let logits = learner.model.forward(batch.images);
+        let smoothing = config.label_smoothing as f32;
+        let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
+        let loss_value = loss.clone().into_scalar::<f64>();
+        let lr = self.lr_at(epoch, b);
+        position.batch = b + 1;
+        if !loss_value.is_finite() {
+            if self.options.on_nan == NanPolicy::Skip {
+                position.skipped_batches += 1;
+                return Ok(learner);
+            }
+            return Err(Error::Diverged {
+                value: loss_value,
+                epoch: epoch + 1,
+                batch: b + 1,
+                lr,
+            });
+        }
+        position.correct += predicted_classes(logits.inner())
+            .iter()
+            .zip(indices)
+            .filter(|&(&p, &i)| p == self.train_split.labels[i])
+            .count() as i64;
+        position.loss_sum += loss_value * indices.len() as f64;
+        position.seen += indices.len();
+        let grads = GradientsParams::from_grads(loss.backward(), &learner.model);
+        Ok(learner.step(lr, grads, position))
+    }
+
+    /// Ends `position.epoch`: evaluates, records the epoch, saves the weights, the history and a
+    /// checkpoint, and moves `position` to the next epoch (or marks the run finished).
+    fn end_epoch(
+        &self,
+        learner: &Learner,
+        position: &mut Position,
+        seconds: f64,
+        clock: &RunClock,
+    ) -> Result<EpochRecord> {
+        self.check_abandoned()?;
+        let (config, run, epoch) = (self.config, self.run, position.epoch);
+        let eval_start = Instant::now();
+        let valid = learner.evaluated();
+        let scores = evaluate_with(
+            &valid,
+            &self.val_split,
+            &self.batcher,
+            self.device,
+            config.eval_batch_size,
+            Tta::NONE,
+        );
+        let seen = position.seen.max(1) as f64;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr: self.lr_at(epoch, 0),
+            lr_last: Some(self.lr_at(epoch, self.batches() - 1)),
+            loss: position.loss_sum / seen,
+            acc: position.correct as f64 / seen,
+            val_loss: scores.loss,
+            val_acc: scores.accuracy,
+            seconds,
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+        };
+        let improved = position
+            .history
+            .best()
+            .is_none_or(|b| record.val_loss < b.val_loss);
+        position.history.epochs.push(record.clone());
+        if improved {
+            run.save_weights(&valid, Weights::Best)?;
+        }
+        run.save_weights(&valid, Weights::Last)?;
+        position.history.write(&run.path)?;
+        let stop = should_stop(&config.early_stopping, position, record.val_loss);
+        position.epoch += 1;
+        position.batch = 0;
+        position.loss_sum = 0.0;
+        position.correct = 0;
+        position.seen = 0;
+        position.epoch_seconds = 0.0;
+        position.finished = stop || position.epoch == config.epochs;
+        position.elapsed_seconds = clock.elapsed();
+        learner.save_checkpoint(run, position)?;
+        Ok(record)
     }
 
     /// Writes `result.json` once the run has ended.

@@ -4,16 +4,12 @@
     keras_bench.py {linear,mlp,cnn} [EPOCHS]     train a workload, a line per epoch, then JSON
 """
 import argparse
-import gzip
 import json
 import os
 import platform
 import resource
 import statistics
-import struct
-import sys
 import time
-from pathlib import Path
 
 THREADS = int(os.environ.get("PEER_THREADS", "2"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import numpy as np  # noqa: E402
+from fmnist_data import load_arrays  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(THREADS)
@@ -29,31 +26,9 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
-FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-
-def data_dir() -> Path:
-    """The first of $FMNIST_DATA, fmnist's cache and Debian's directory that holds the files."""
-    candidates = [os.environ.get("FMNIST_DATA"), Path.home() / ".cache/fmnist/fashion-mnist",
-                  "/usr/share/datasets/fashion-mnist"]
-    for d in filter(None, candidates):
-        d = Path(d)
-        if all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in FILES):
-            return d
-    sys.exit("error: Fashion-MNIST not found: run `fmnist data download` or set FMNIST_DATA")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load():
     """(train images, train labels, test images, test labels): images [N, 28, 28, 1] in [0, 1]."""
-    d = data_dir()
-    arrays = [read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in FILES]
+    arrays = load_arrays()
     images = lambda a: (a.astype(np.float32) / 255.0)[..., None]  # noqa: E731
     return images(arrays[0]), arrays[1].astype(np.int64), images(arrays[2]), arrays[3].astype(np.int64)
 

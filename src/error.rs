@@ -53,6 +53,12 @@ pub enum Error {
         epoch: usize,
         batch: usize,
     },
+    /// A study's workers stopped on SIGINT or SIGTERM, each after checkpointing its run.
+    #[error(
+        "interrupted: every worker checkpointed its run in {}; run the same fmnist study command to go on",
+        out.display()
+    )]
+    StudyInterrupted { out: PathBuf },
     /// A study worker stopped training a run because another worker took it over.
     #[error(
         "{}: another worker took this run over (this worker's lease went stale); it goes on there",
@@ -104,7 +110,7 @@ impl Error {
             | Error::Download(_)
             | Error::Diverged { .. }
             | Error::LeaseLost { .. } => 1,
-            Error::Interrupted { .. } => 130,
+            Error::Interrupted { .. } | Error::StudyInterrupted { .. } => 130,
         }
     }
 }

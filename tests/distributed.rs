@@ -89,20 +89,6 @@ fn metrics(out: &Path, run: &str) -> Vec<String> {
         .collect()
 }
 
-/// The report's tables without the seconds-per-epoch column.
-fn report_rows(out: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(out.join("report.md")).expect("a report");
-    text.lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| ---"))
-        .map(|l| {
-            let mut cells: Vec<&str> = l.split('|').collect();
-            cells.pop();
-            cells.pop(); // the last column: seconds per epoch
-            cells.join("|")
-        })
-        .collect()
-}
-
 /// `(epoch, batch)` of each recorded start of `run`.
 fn starts(out: &Path, run: &str) -> Vec<(usize, usize, u32)> {
     let text = std::fs::read_to_string(out.join("runs").join(run).join("workers.json"))
@@ -121,7 +107,9 @@ fn starts(out: &Path, run: &str) -> Vec<(usize, usize, u32)> {
 
 fn serial_reference(dir: &Path, file: &Path) -> PathBuf {
     let out = dir.join("serial");
-    ok(study(file, &out, &["--quiet"]).output().unwrap());
+    ok(study(file, &out, &["--quiet", "--workers", "1"])
+        .output()
+        .unwrap());
     out
 }
 
@@ -163,7 +151,7 @@ fn four_workers_train_each_run_once_as_a_serial_run_does() {
         !out.join("runs/same").exists(),
         "a shared recipe is trained once"
     );
-    assert_eq!(report_rows(&out), report_rows(&serial));
+    assert_eq!(common::report_rows(&out), common::report_rows(&serial));
     let claims: Vec<String> = std::fs::read_dir(out.join("claims"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -175,6 +163,31 @@ fn four_workers_train_each_run_once_as_a_serial_run_does() {
         "one done marker per run, no lease: {claims:?}"
     );
     assert!(claims.iter().all(|c| c.ends_with(".done")), "{claims:?}");
+}
+
+/// A plain `fmnist study` starts one worker of 1 thread per core (at most one per run) and
+/// writes the report itself; the runs are those a single process trains.
+#[test]
+fn a_plain_study_starts_one_worker_per_core() {
+    let dir = TempDir::new("local-workers");
+    let file = write_study(dir.path(), STUDY);
+    let serial = serial_reference(dir.path(), &file);
+    let out = dir.path().join("local");
+    let output = ok(study(&file, &out, &["--quiet"]).output().unwrap());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.min(TRAINED.len());
+    if workers > 1 {
+        assert!(
+            text.contains(&format!("Starting {workers} workers of 1 thread(s) each")),
+            "{text}"
+        );
+    }
+    for run in TRAINED {
+        assert_eq!(metrics(&out, run), metrics(&serial, run), "{run}");
+        assert_eq!(starts(&out, run).len(), 1, "{run}");
+    }
+    assert_eq!(common::report_rows(&out), common::report_rows(&serial));
 }
 
 #[test]
@@ -226,13 +239,25 @@ fn workers_killed_at_random_lose_nothing_and_train_nothing_twice() {
             .iter()
             .filter(|(e, b, _)| *e > 0 || *b > 0)
             .count();
-        assert!(out.join(format!("claims/{run}.done")).is_file(), "{run}");
+        let done = std::fs::read_dir(out.join("claims"))
+            .unwrap()
+            .filter(|e| {
+                let name = e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                name.starts_with(&format!("{run}@")) && name.ends_with(".done")
+            })
+            .count();
+        assert_eq!(done, 1, "{run} is marked done once");
     }
     assert!(
         resumed > 0,
         "no run was resumed from a checkpoint after {killed} kills"
     );
-    assert_eq!(report_rows(&out), report_rows(&serial));
+    assert_eq!(common::report_rows(&out), common::report_rows(&serial));
 }
 
 #[test]

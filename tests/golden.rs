@@ -11,10 +11,6 @@
 
 mod common;
 
-use std::process::Command;
-
-use fmnist::training::History;
-
 /// `(loss, acc, val_loss, val_acc)` of epochs 1 and 2.
 type Reference = [(f64, f64, f64, f64); 2];
 
@@ -43,28 +39,8 @@ const ACCURACY_TOLERANCE: f64 = 0.002;
 
 fn check(preset: &str, reference: &Reference) {
     let runs = common::TempDir::new(&format!("golden-{preset}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
-        .args(["--threads", "2", "train", "--quiet", "--preset", preset])
-        .args([
-            "--epochs",
-            "2",
-            "--seed",
-            "42",
-            "--name",
-            "run",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .arg("--data-dir")
-        .arg(common::real_data_dir())
-        .output()
-        .expect("fmnist runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let history = History::read(&runs.path().join("run")).expect("a history");
+    let args = ["--epochs", "2", "--seed", "42"];
+    let history = common::train_history(runs.path(), "run", preset, &args);
     assert_eq!(history.epochs.len(), 2);
     for (record, &(loss, acc, val_loss, val_acc)) in history.epochs.iter().zip(reference) {
         let close = (record.loss - loss).abs() < LOSS_TOLERANCE

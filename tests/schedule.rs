@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use fmnist::training::History;
 use fmnist::training::schedule::{ScheduleConfig, ScheduleKind};
@@ -15,23 +14,9 @@ const BATCHES: usize = 59;
 
 /// Trains `seed-mlp` for 2 epochs with `extra` flags into `runs/name` and returns its history.
 fn train(runs: &Path, name: &str, extra: &[&str]) -> History {
-    let data = common::real_data_dir();
-    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
-        .args(["--threads", "2", "train", "--quiet", "--preset", "seed-mlp"])
-        .args(["--epochs", "2", "--name", name])
-        .arg("--runs-dir")
-        .arg(runs)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(extra)
-        .output()
-        .expect("fmnist runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    History::read(&runs.join(name)).expect("the run wrote its history")
+    let mut args = vec!["--epochs", "2"];
+    args.extend_from_slice(extra);
+    common::train_history(runs, name, "seed-mlp", &args)
 }
 
 #[test]

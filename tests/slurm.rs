@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::TempDir;
@@ -30,19 +29,6 @@ fn cluster_answers() -> bool {
             .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
 }
 
-/// The report's table rows without the seconds-per-epoch column.
-fn report_rows(out: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(out.join("report.md")).expect("a report");
-    text.lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| ---"))
-        .map(|l| {
-            let mut cells: Vec<&str> = l.split('|').collect();
-            cells.truncate(cells.len().saturating_sub(2));
-            cells.join("|")
-        })
-        .collect()
-}
-
 #[test]
 fn a_slurm_array_of_workers_and_a_report_job_match_a_serial_run() {
     let fix = "a Slurm cluster: apt-get install slurm-wlm munge, then .ci/slurm-up as root";
@@ -59,7 +45,7 @@ fn a_slurm_array_of_workers_and_a_report_job_match_a_serial_run() {
         .arg(&file)
         .arg("--out")
         .arg(&serial)
-        .arg("--quiet")
+        .args(["--quiet", "--workers", "1"])
         .arg("--data-dir")
         .arg(&data)
         .output()
@@ -98,8 +84,8 @@ fn a_slurm_array_of_workers_and_a_report_job_match_a_serial_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        report_rows(&cluster),
-        report_rows(&serial),
+        common::report_rows(&cluster),
+        common::report_rows(&serial),
         "job logs:\n{logs}"
     );
     // Every run trained once, by one of the array's tasks.

@@ -120,7 +120,7 @@ fn provenance(label: String, dataset: &data::FashionMnist) -> Provenance {
     }
 }
 
-pub fn study(args: StudyArgs) -> Result<()> {
+pub fn study(args: StudyArgs, threads: Option<usize>) -> Result<()> {
     let study = crate::study::Study::load(&args.file)?;
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let stem = args
@@ -161,6 +161,15 @@ pub fn study(args: StudyArgs) -> Result<()> {
             String::new()
         }
     );
+    let units = crate::study::runner::units(&study).len();
+    let workers = local_workers(&args, threads, units);
+    if workers > 1 {
+        crate::study::runner::check_study_dir(&study, &out_dir)?;
+        run_local_workers(&args, &out_dir, workers, threads)?;
+        let (groups, missing) =
+            crate::study::runner::collect(&study, &out_dir, &Default::default())?;
+        return study_report(&study, &out_dir, groups, &missing, &dataset, &device);
+    }
     let options = crate::study::runner::StudyOptions {
         out_dir: out_dir.clone(),
         force: args.force,
@@ -194,6 +203,84 @@ pub fn study(args: StudyArgs) -> Result<()> {
         return Ok(());
     }
     study_report(&study, &out_dir, groups, &missing, &dataset, &device)
+}
+
+/// How many worker processes a plain `fmnist study` starts on this machine: `--workers`, or one
+/// per core and at most one per unit; 1 (this process) for `--worker`, `--shard`, `--force`, or
+/// when `--threads` already takes every core.
+fn local_workers(args: &StudyArgs, threads: Option<usize>, units: usize) -> usize {
+    if args.worker || args.shard.is_some() || args.force {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    args.workers
+        .unwrap_or_else(|| (cores / threads.unwrap_or(1).max(1)).min(units))
+        .max(1)
+}
+
+/// Starts `workers` worker processes of this binary on the study and waits for them; each gets
+/// `--threads` or an equal share of the cores. SIGINT reaches them too (one process group):
+/// each checkpoints its run, and this process then reports the interruption.
+fn run_local_workers(
+    args: &StudyArgs,
+    out_dir: &std::path::Path,
+    workers: usize,
+    threads: Option<usize>,
+) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.unwrap_or((cores / workers).max(1));
+    let interrupt = interrupt_flag()?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("fmnist", e))?;
+    println!(
+        "Starting {workers} workers of {threads} thread(s) each on {}",
+        out_dir.display()
+    );
+    let mut children = Vec::new();
+    for _ in 0..workers {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--threads", &threads.to_string(), "study"])
+            .arg(&args.file)
+            .arg("--out")
+            .arg(out_dir)
+            .args([
+                "--worker",
+                "--quiet",
+                "--lease-timeout",
+                &args.lease_timeout.to_string(),
+            ]);
+        if let Some(dir) = &args.data.data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
+        if args.data.offline {
+            cmd.arg("--offline");
+        }
+        if args.data.no_verify {
+            cmd.arg("--no-verify");
+        }
+        if let Some(mirror) = &args.data.mirror {
+            cmd.args(["--mirror", mirror]);
+        }
+        children.push(cmd.spawn().map_err(|e| Error::io(&exe, e))?);
+    }
+    let mut failed = 0;
+    for mut child in children {
+        let status = child.wait().map_err(|e| Error::io(&exe, e))?;
+        failed += usize::from(!status.success());
+    }
+    if interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::StudyInterrupted {
+            out: out_dir.to_path_buf(),
+        });
+    }
+    if failed > 0 {
+        return Err(Error::Run {
+            path: out_dir.to_path_buf(),
+            reason: format!(
+                "{failed} of {workers} workers failed (their errors are above); run the study again to go on"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The shard `--shard` names: `I/N`, `auto` (from Slurm's or Kubernetes' environment), or all.

@@ -4,13 +4,14 @@
 //! A worker claims a run by creating `claims/<run>.lease` with a hard link from a file of its own
 //! (`link` is atomic on a local disk and on NFS: exactly one of several workers succeeds). While
 //! it trains it keeps the lease alive by touching it (the file's modification time is the
-//! heartbeat). When the run is complete it writes `claims/<run>.done` (atomically, holding the
-//! recipe's hash) and removes the lease. A lease whose heartbeat is older than the timeout is
+//! heartbeat). When the run is complete it writes `claims/<run>@<recipe hash>.done` (atomically)
+//! and removes the lease. A lease whose heartbeat is older than the timeout is
 //! stale: its worker died or hangs. Another worker breaks it by renaming it away (one rename of
 //! a file succeeds, so one breaker wins), claims the run and resumes it from its checkpoint.
 //!
-//! Listing the state of a study reads the `claims/` directory once and opens only the leases,
-//! so it stays fast with thousands of runs; a claim is a constant number of file operations.
+//! Listing the state of a study reads the `claims/` directory once and opens only the leases
+//! (the done markers say everything in their names), so it stays fast with thousands of runs,
+//! on NFS too; a claim is a constant number of file operations.
 
 use std::collections::HashMap;
 use std::fs;
@@ -62,8 +63,9 @@ pub enum Claim {
         holder: Option<Holder>,
         heartbeat_age: Duration,
     },
-    /// Complete, with the recipe hash it was complete for.
-    Done { recipe: String },
+    /// Complete, for these recipe hashes (more than one when the study's recipe for the run
+    /// changed and it was trained again).
+    Done { recipes: Vec<String> },
 }
 
 /// The claims directory of a study.
@@ -86,8 +88,9 @@ impl Claims {
         self.dir.join(format!("{run}.lease"))
     }
 
-    fn done_path(&self, run: &str) -> PathBuf {
-        self.dir.join(format!("{run}.done"))
+    /// Run names are plain names (no `@`), so the marker's name splits back into both parts.
+    fn done_path(&self, run: &str, recipe: &str) -> PathBuf {
+        self.dir.join(format!("{run}@{recipe}.done"))
     }
 
     /// Every run's state, from one listing of the directory: runs not named are pending.
@@ -96,13 +99,23 @@ impl Claims {
         let mut state = HashMap::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(run) = name.strip_suffix(".done") {
-                let recipe = fs::read_to_string(entry.path()).unwrap_or_default();
-                state.insert(run.to_string(), Claim::Done { recipe });
-            } else if let Some(run) = name.strip_suffix(".lease") {
-                if !state.contains_key(run) {
-                    state.insert(run.to_string(), self.read_lease(&entry.path()));
+            if let Some((run, recipe)) = name.strip_suffix(".done").and_then(|n| n.rsplit_once('@'))
+            {
+                let done = state
+                    .entry(run.to_string())
+                    .or_insert(Claim::Done { recipes: vec![] });
+                match done {
+                    Claim::Done { recipes } => recipes.push(recipe.to_string()),
+                    other => {
+                        *other = Claim::Done {
+                            recipes: vec![recipe.to_string()],
+                        }
+                    }
                 }
+            } else if let Some(run) = name.strip_suffix(".lease")
+                && !state.contains_key(run)
+            {
+                state.insert(run.to_string(), self.read_lease(&entry.path()));
             }
         }
         Ok(state)
@@ -192,9 +205,14 @@ impl Claims {
 
     /// Marks `run` complete for `recipe` and gives up its lease.
     pub fn complete(&self, run: &str, recipe: &str) -> Result<()> {
-        fsio::write_text(&self.done_path(run), recipe)?;
+        fsio::write_text(&self.done_path(run, recipe), "")?;
         self.release(run);
         Ok(())
+    }
+
+    /// Forgets that `run` was complete for `recipe` (its results are gone, or are to be redone).
+    pub fn forget(&self, run: &str, recipe: &str) {
+        let _ = fs::remove_file(self.done_path(run, recipe));
     }
 
     /// Gives up the lease on `run` (after an interruption, so that another worker may go on at
@@ -269,7 +287,7 @@ mod tests {
         assert_eq!(
             claims.list()?.get("r"),
             Some(&Claim::Done {
-                recipe: "hash".into()
+                recipes: vec!["hash".into()]
             })
         );
         let left: Vec<_> = fs::read_dir(dir.join("claims"))

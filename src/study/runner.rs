@@ -165,7 +165,7 @@ pub fn run(
     for unit in &units {
         let name = &unit.run.name;
         if options.force || !runs_root.join(name).join("result.json").is_file() {
-            let _ = std::fs::remove_file(options.out_dir.join(format!("claims/{name}.done")));
+            claims.forget(name, &unit.hash);
         }
     }
     let mut worker = Worker {
@@ -222,7 +222,7 @@ impl Worker<'_> {
             for &(i, unit) in &mine {
                 let name = &unit.run.name;
                 match state.get(name) {
-                    Some(Claim::Done { recipe }) if *recipe == unit.hash => {
+                    Some(Claim::Done { recipes }) if recipes.contains(&unit.hash) => {
                         if announced.insert(name.clone()) {
                             self.progress.skip(unit.run.config.epochs);
                         }
@@ -250,7 +250,7 @@ impl Worker<'_> {
                     trained_one = true;
                     let now = self.claims.list()?;
                     self.finished_last = units.iter().all(|u| {
-                        matches!(now.get(&u.run.name), Some(Claim::Done { recipe }) if *recipe == u.hash)
+                        matches!(now.get(&u.run.name), Some(Claim::Done { recipes }) if recipes.contains(&u.hash))
                     });
                     break;
                 }

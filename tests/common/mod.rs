@@ -178,3 +178,51 @@ pub fn serve(
     });
     (url, served)
 }
+
+/// A study report's table rows (`report.md`) without the seconds-per-epoch column, the one
+/// that differs between runs of the same recipe.
+pub fn report_rows(out: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join("report.md")).expect("a report");
+    text.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| ---"))
+        .map(|l| {
+            let mut cells: Vec<&str> = l.split('|').collect();
+            cells.truncate(cells.len().saturating_sub(2));
+            cells.join("|")
+        })
+        .collect()
+}
+
+/// Trains `preset` with `fmnist --threads 2 train --quiet` and `args` into `runs/name`, on the
+/// real data, and returns the run's history.
+pub fn train_history(
+    runs: &Path,
+    name: &str,
+    preset: &str,
+    args: &[&str],
+) -> fmnist::training::History {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--quiet",
+            "--preset",
+            preset,
+            "--name",
+            name,
+        ])
+        .arg("--runs-dir")
+        .arg(runs)
+        .arg("--data-dir")
+        .arg(real_data_dir())
+        .args(args)
+        .output()
+        .expect("fmnist runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fmnist::training::History::read(&runs.join(name)).expect("the run wrote its history")
+}

@@ -49,21 +49,7 @@ impl Predictor {
         let config = run.read_config()?;
         crate::ops::amx::set_matmul_precision(config.matmul_precision);
         let model = run.load_weights(config.model.init(device), which)?;
-        let stats = match (config.data.normalization, train) {
-            (Normalization::Standardize, Some(train)) if config.data.val_split > 0.0 => train
-                .clone()
-                .split_last(config.data.val_split)
-                .0
-                .pixel_stats(),
-            (Normalization::Standardize, Some(train)) => train.pixel_stats(),
-            (Normalization::Standardize, None) => {
-                return Err(Error::Usage(
-                    "this run standardises its inputs: the training data is needed to predict"
-                        .into(),
-                ));
-            }
-            (Normalization::Scale, _) => (0.0, 1.0),
-        };
+        let stats = input_stats(&config, train)?;
         let batcher = Batcher::new(config.data.normalization, stats);
         Ok(Predictor {
             config,
@@ -71,6 +57,23 @@ impl Predictor {
             batcher,
             device: device.clone(),
         })
+    }
+
+    /// The single-view logits of every image of `split`, `[n, 10]` row-major, with every
+    /// product in `f32` (bfloat16 convolutions are for training speed; an exported model is
+    /// compared with these).
+    pub fn logits(&self, split: &Split) -> Vec<f32> {
+        let precision = crate::ops::amx::MatmulPrecision::Highest;
+        crate::ops::amx::set_matmul_precision(precision);
+        let batch_size = self.config.eval_batch_size;
+        let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
+        for start in (0..split.len()).step_by(batch_size.max(1)) {
+            let end = (start + batch_size).min(split.len());
+            let batch = self.batcher.range(split, start, end, &self.device);
+            out.extend(self.model.forward(batch.images).into_data().iter::<f32>());
+        }
+        crate::ops::amx::set_matmul_precision(self.config.matmul_precision);
+        out
     }
 
     /// Scores the model on a split (with the run's test-time augmentation).
@@ -106,6 +109,24 @@ impl Predictor {
                     .collect()
             })
             .collect()
+    }
+}
+
+/// The `(mean, std)` a run's inputs `x / 255` are normalised with: `(0, 1)` for scaled inputs,
+/// the training pixels' (those it trained on) for standardised ones. `train` is the training set,
+/// needed only in that case.
+pub fn input_stats(config: &TrainConfig, train: Option<&Split>) -> Result<(f64, f64)> {
+    match (config.data.normalization, train) {
+        (Normalization::Standardize, Some(train)) if config.data.val_split > 0.0 => Ok(train
+            .clone()
+            .split_last(config.data.val_split)
+            .0
+            .pixel_stats()),
+        (Normalization::Standardize, Some(train)) => Ok(train.pixel_stats()),
+        (Normalization::Standardize, None) => Err(Error::Usage(
+            "this run standardises its inputs: the training data is needed".into(),
+        )),
+        (Normalization::Scale, _) => Ok((0.0, 1.0)),
     }
 }
 

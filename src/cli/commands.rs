@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::{
-    BenchArgs, DataAction, DataCommand, EvalArgs, PlotArgs, PredictArgs, RecipeArgs, StudyArgs,
-    SummaryArgs, TrainArgs,
+    BenchArgs, DataAction, DataCommand, EvalArgs, ExportArgs, PlotArgs, PredictArgs, RecipeArgs,
+    StudyArgs, SummaryArgs, TrainArgs,
 };
 use crate::data::{self, download, files};
 use crate::error::{Error, Result};
@@ -544,6 +544,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         Some(&dataset.train),
         &device(),
     )?;
+    if let Some(path) = &args.logits {
+        let logits = predictor.logits(&dataset.test);
+        let shape = [dataset.test.len(), crate::data::NUM_CLASSES];
+        crate::fsio::write_atomic(path, &crate::export::npy_bytes(&shape, &logits))?;
+    }
     let scores = predictor.evaluate(&dataset.test);
     if args.json {
         let out = json!({
@@ -704,6 +709,22 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
             "{}",
             serde_json::to_string(&result).map_err(|e| Error::Usage(e.to_string()))?
         );
+    }
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let config = RunDir::open(&args.run)?.read_config()?;
+    // The training set only for runs that standardise their inputs (its mean and deviation).
+    let standardized =
+        config.data.normalization == crate::data::batcher::Normalization::Standardize;
+    let dataset = standardized
+        .then(|| data::obtain(&args.data.options()))
+        .transpose()?;
+    let train = dataset.as_ref().map(|d| &d.train);
+    let written = crate::export::export(&args.run, args.weights, args.format, &args.out, train)?;
+    for path in written {
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -46,6 +46,9 @@ pub enum Command {
     Plot(PlotArgs),
     /// Classify pictures (PNG or JPEG, any size and colour) with a trained run.
     Predict(PredictArgs),
+    /// Write a trained run's model as ONNX or safetensors (PyTorch's layout), for use outside
+    /// fmnist.
+    Export(ExportArgs),
     /// Time the benchmark workloads (the peers' W1-W3, the speedrun recipe; the ResNet on request).
     Bench(BenchArgs),
 }
@@ -319,6 +322,28 @@ pub struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the single-view logits of the test images, in f32, as a NumPy `.npy` file
+    /// `[10000, 10]` (to compare an exported model with, or to analyse in Python).
+    #[arg(long, value_name = "FILE.npy")]
+    pub logits: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run directory whose model to export.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Which weights to export.
+    #[arg(long, value_enum, default_value = "best")]
+    pub weights: Weights,
+    /// The file format.
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
+    /// The file to write (for safetensors, the architecture goes beside it as .json).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
 }
 
 #[derive(Debug, Args)]
@@ -478,6 +503,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Study(args) => commands::study(args, cli.threads),
         Command::Plot(args) => commands::plot(args),
         Command::Predict(args) => commands::predict(args),
+        Command::Export(args) => commands::export(args),
         Command::Bench(args) => commands::bench(args, cli.threads),
     }
 }

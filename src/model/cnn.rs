@@ -5,6 +5,7 @@ use burn::module::Param;
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
+use super::layers::Layer;
 use super::mlp::dense;
 use super::summary::{LayerRow, Summary};
 use crate::data::{NUM_CLASSES, SIDE};
@@ -111,6 +112,23 @@ impl ConvBlock {
     }
 }
 
+impl Conv {
+    fn layer(&self, name: String) -> Layer {
+        Layer::conv(name, &self.weight, &self.bias, self.padding)
+    }
+}
+
+impl ConvBlock {
+    /// The convolution and batch normalisation (if any), named `prefix.conv`, `prefix.norm`.
+    fn layers(&self, prefix: &str) -> Vec<Layer> {
+        let mut layers = vec![self.conv.layer(format!("{prefix}.conv"))];
+        if let Some(norm) = &self.norm {
+            layers.push(Layer::batch_norm(format!("{prefix}.norm"), norm));
+        }
+        layers
+    }
+}
+
 /// `cnn` and `cnn-bn`: stages of convolutions, each stage ending in 2x2 max pooling, then a dense
 /// head with dropout.
 #[derive(Module, Debug)]
@@ -197,6 +215,30 @@ impl ConvNet {
 }
 
 /// Keras-style summary of a [`ConvNet`].
+impl ConvNet {
+    /// The layers at inference (see [`super::layers`]).
+    pub fn layers(&self) -> Vec<Layer> {
+        let relu = Layer::Activation(super::ActivationKind::Relu);
+        let mut layers = Vec::new();
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                layers.extend(block.layers(&format!("stages.{s}.{b}")));
+                if b + 1 == stage.len() {
+                    layers.push(Layer::MaxPool2);
+                }
+                layers.push(relu.clone());
+            }
+        }
+        layers.push(Layer::Flatten);
+        if let Some(hidden) = &self.hidden {
+            layers.push(Layer::dense("hidden", hidden));
+            layers.push(relu);
+        }
+        layers.push(Layer::dense("output", &self.output));
+        layers
+    }
+}
+
 pub fn convnet_summary(
     channels: &[usize],
     dense_width: usize,
@@ -329,6 +371,34 @@ impl ResNet {
         }
         let x: Tensor<2> = x.mean_dim(3).mean_dim(2).flatten(1, 3); // [batch, c]
         self.output.forward(self.dropout.forward(x)) // [batch, 10]
+    }
+}
+
+impl ResNet {
+    /// The layers at inference (see [`super::layers`]).
+    pub fn layers(&self) -> Vec<Layer> {
+        let relu = Layer::Activation(super::ActivationKind::Relu);
+        let mut layers = self.stem.layers("stem");
+        layers.push(relu.clone());
+        for (i, stage) in self.stages.iter().enumerate() {
+            if i > 0 {
+                layers.push(Layer::MaxPool2);
+            }
+            for (j, block) in stage.iter().enumerate() {
+                let prefix = format!("stages.{i}.{j}");
+                let mut body = block.first.layers(&format!("{prefix}.first"));
+                body.push(relu.clone());
+                body.extend(block.second.layers(&format!("{prefix}.second")));
+                let projection = block
+                    .projection
+                    .as_ref()
+                    .map(|p| Box::new(p.layer(format!("{prefix}.projection"))));
+                layers.push(Layer::Residual { body, projection });
+            }
+        }
+        layers.push(Layer::GlobalAveragePool);
+        layers.push(Layer::dense("output", &self.output));
+        layers
     }
 }
 

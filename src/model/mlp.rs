@@ -8,6 +8,7 @@ use burn::nn::{
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::layers::Layer;
 use super::summary::{LayerRow, Summary};
 use crate::data::{NUM_CLASSES, PIXELS};
 
@@ -156,6 +157,23 @@ impl Mlp {
             x = self.dropout.forward(x);
         }
         dense_forward(&self.output, x, false) // [batch, 10]
+    }
+}
+
+impl Mlp {
+    /// The layers at inference (see [`super::layers`]), `activation` being the one it was built
+    /// with.
+    pub fn layers(&self, activation: ActivationKind) -> Vec<Layer> {
+        let mut layers = vec![Layer::Flatten];
+        for (i, dense) in self.hidden.iter().enumerate() {
+            layers.push(Layer::dense(format!("hidden.{i}"), dense));
+            if let Some(norm) = self.norms.get(i) {
+                layers.push(Layer::batch_norm(format!("norms.{i}"), norm));
+            }
+            layers.push(Layer::Activation(activation));
+        }
+        layers.push(Layer::dense("output", &self.output));
+        layers
     }
 }
 

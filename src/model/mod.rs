@@ -7,6 +7,7 @@
 //! categorical cross-entropy.
 
 pub mod cnn;
+pub mod layers;
 pub mod mlp;
 pub mod summary;
 
@@ -210,6 +211,16 @@ pub enum Model {
 }
 
 impl Model {
+    /// The layers at inference, with their weights (see [`layers`]); `config` is the one the
+    /// model was built from.
+    pub fn layers(&self, config: &ModelConfig) -> Vec<layers::Layer> {
+        match self {
+            Model::Mlp(m) => m.layers(config.activation),
+            Model::Cnn(m) => m.layers(),
+            Model::Resnet(m) => m.layers(),
+        }
+    }
+
     /// # Shapes
     ///   - images: `[batch, 1, 28, 28]`
     ///   - output: `[batch, 10]` logits

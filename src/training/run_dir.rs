@@ -153,6 +153,14 @@ impl RunDir {
     /// Loads saved weights into `model` (built from this run's configuration).
     pub fn load_weights(&self, model: Model, which: Weights) -> Result<Model> {
         let path = self.file(which.file_name());
+        if !path.is_file() {
+            return Err(Error::Run {
+                path,
+                reason: "no weights: the run has not finished an epoch; train or resume it first \
+                         (fmnist train --resume DIR)"
+                    .into(),
+            });
+        }
         let bytes = fsio::read(&path)?;
         let corrupt = |e: String| Error::Run {
             path: path.clone(),

@@ -328,6 +328,10 @@ fn status_and_a_partial_report_name_what_is_missing() {
         table.contains("3 done, 1 running, 0 stale, 1 pending"),
         "{table}"
     );
+    assert!(
+        table.contains("damaged lease file claims/mlp-tanh.lease"),
+        "{table}"
+    );
 
     let report = ok(study(&file, &out, &["--report-only"]).output().unwrap());
     let text = String::from_utf8_lossy(&report.stdout).into_owned();

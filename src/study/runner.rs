@@ -228,7 +228,14 @@ impl Worker<'_> {
                         }
                         continue;
                     }
-                    Some(claim @ Claim::Leased { .. }) if !self.claims.is_stale(claim) => {
+                    Some(claim @ Claim::Leased { holder, .. }) if !self.claims.is_stale(claim) => {
+                        if holder.is_none() && announced.insert(format!("{name}.damaged")) {
+                            self.progress.say(&format!(
+                                "{}: a damaged lease file (not written by fmnist); the run is taken \
+                                 over once it is older than --lease-timeout, or delete it",
+                                self.options.out_dir.join("claims").join(format!("{name}.lease")).display()
+                            ));
+                        }
                         left += 1;
                         continue;
                     }

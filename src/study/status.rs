@@ -135,6 +135,12 @@ pub fn table(status: &StudyStatus) -> String {
                 "{host} pid {pid}, {}s, beat {age:.0}s ago",
                 r.running_for_s.unwrap_or(0)
             ),
+            (None, _, Some(_)) => {
+                format!(
+                    "damaged lease file claims/{}.lease: delete it, or it is taken over when stale",
+                    r.name
+                )
+            }
             _ => String::new(),
         };
         out.push_str(&format!(

@@ -76,6 +76,20 @@ impl Predictor {
         out
     }
 
+    /// The probabilities of every image of `split`, `[n, 10]` row-major, averaged over the
+    /// run's test-time views (as [`Predictor::evaluate`] scores them).
+    pub fn probabilities(&self, split: &Split) -> Vec<f32> {
+        let batch_size = self.config.eval_batch_size.max(1);
+        let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
+        for start in (0..split.len()).step_by(batch_size) {
+            let end = (start + batch_size).min(split.len());
+            let batch = self.batcher.range(split, start, end, &self.device);
+            let probs = probabilities(&self.model, batch.images, self.config.data.tta());
+            out.extend(probs.into_data().iter::<f32>());
+        }
+        out
+    }
+
     /// Scores the model on a split (with the run's test-time augmentation).
     pub fn evaluate(&self, split: &Split) -> crate::evaluation::Evaluation {
         crate::evaluation::evaluate_with(

@@ -536,7 +536,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let run = RunDir::open(&args.run)?;
+    if args.runs.len() > 1 {
+        return eval_ensemble(&args);
+    }
+    let run = RunDir::open(&args.runs[0])?;
     let dataset = data::obtain(&args.data.options())?;
     let predictor = crate::inference::Predictor::load(
         &run.path,
@@ -588,6 +591,55 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     for path in pictures {
         println!("Wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// `fmnist eval --run A --run B ...`: each member's score and their ensemble's (the mean of
+/// their probabilities, each with its own test-time views).
+fn eval_ensemble(args: &EvalArgs) -> Result<()> {
+    if args.logits.is_some() {
+        return Err(Error::Usage(
+            "--logits writes one run's logits: give a single --run".into(),
+        ));
+    }
+    let dataset = data::obtain(&args.data.options())?;
+    let labels = &dataset.test.labels;
+    let mut members = Vec::new();
+    let mut rows = Vec::new();
+    for dir in &args.runs {
+        let predictor =
+            crate::inference::Predictor::load(dir, args.weights, Some(&dataset.train), &device())?;
+        let probabilities = predictor.probabilities(&dataset.test);
+        let (loss, accuracy) = crate::evaluation::probability_scores(&probabilities, labels);
+        rows.push(json!({"run": dir, "loss": loss, "accuracy": accuracy}));
+        members.push(probabilities);
+    }
+    let mean = crate::evaluation::average(&members);
+    let (loss, accuracy) = crate::evaluation::probability_scores(&mean, labels);
+    if args.json {
+        let out = json!({
+            "weights": args.weights.file_name(),
+            "members": rows,
+            "ensemble": {"runs": args.runs.len(), "loss": loss, "accuracy": accuracy},
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "On the {} test images ({} weights, each run with its own test-time views):",
+        labels.len(),
+        args.weights.file_name()
+    );
+    for row in &rows {
+        let (acc, l) = (
+            row["accuracy"].as_f64().unwrap_or(0.0),
+            row["loss"].as_f64().unwrap_or(0.0),
+        );
+        let run = row["run"].as_str().unwrap_or_default();
+        println!("  {run:<40} accuracy {acc:.4}  loss {l:.4}");
+    }
+    let name = format!("ensemble of {} runs", args.runs.len());
+    println!("  {name:<40} accuracy {accuracy:.4}  loss {loss:.4}");
     Ok(())
 }
 

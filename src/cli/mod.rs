@@ -311,9 +311,10 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The run directory to evaluate.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub run: PathBuf,
+    /// The run directory to evaluate; several (`--run A --run B ...`) evaluate their ensemble:
+    /// the average of the members' probabilities, each with its own test-time views.
+    #[arg(long = "run", value_name = "RUN_DIR", required = true)]
+    pub runs: Vec<PathBuf>,
     /// Which weights to evaluate.
     #[arg(long, value_enum, default_value = "best")]
     pub weights: Weights,

@@ -278,6 +278,33 @@ pub fn write_pictures(
     Ok(vec![confusion, misclassified])
 }
 
+/// Loss (cross-entropy) and accuracy of predicted `probabilities` (`[n, 10]` row-major) for
+/// `labels`.
+pub fn probability_scores(probabilities: &[f32], labels: &[u8]) -> (f64, f64) {
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for (row, &label) in probabilities.chunks(NUM_CLASSES).zip(labels) {
+        loss -= (row[label as usize] as f64).max(1e-12).ln();
+        let best = (0..NUM_CLASSES).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        correct += usize::from(best == label as usize);
+    }
+    let n = labels.len().max(1) as f64;
+    (loss / n, correct as f64 / n)
+}
+
+/// The ensemble of several models' probabilities: their mean, image by image.
+pub fn average(members: &[Vec<f32>]) -> Vec<f32> {
+    let n = members.len().max(1) as f32;
+    let mut mean = vec![0.0f32; members.first().map_or(0, Vec::len)];
+    for member in members {
+        for (m, &p) in mean.iter_mut().zip(member) {
+            *m += p;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    mean
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,31 +355,4 @@ mod tests {
             5
         );
     }
-}
-
-/// Loss (cross-entropy) and accuracy of predicted `probabilities` (`[n, 10]` row-major) for
-/// `labels`.
-pub fn probability_scores(probabilities: &[f32], labels: &[u8]) -> (f64, f64) {
-    let mut loss = 0.0;
-    let mut correct = 0;
-    for (row, &label) in probabilities.chunks(NUM_CLASSES).zip(labels) {
-        loss -= (row[label as usize] as f64).max(1e-12).ln();
-        let best = (0..NUM_CLASSES).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-        correct += usize::from(best == label as usize);
-    }
-    let n = labels.len().max(1) as f64;
-    (loss / n, correct as f64 / n)
-}
-
-/// The ensemble of several models' probabilities: their mean, image by image.
-pub fn average(members: &[Vec<f32>]) -> Vec<f32> {
-    let n = members.len().max(1) as f32;
-    let mut mean = vec![0.0f32; members.first().map_or(0, Vec::len)];
-    for member in members {
-        for (m, &p) in mean.iter_mut().zip(member) {
-            *m += p;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    mean
 }

@@ -120,6 +120,93 @@ pub fn peak_rss_kb() -> u64 {
     0
 }
 
+/// What `fmnist bench WORKLOAD --batches N` measures: N training steps (batch assembly,
+/// forward, loss, backward, optimiser step, weight average), timed one by one through the
+/// training loop itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepsResult {
+    pub framework: &'static str,
+    pub workload: Workload,
+    pub steps: usize,
+    pub batch_size: usize,
+    /// The median of steps 2..N (the first includes warm-up).
+    pub sec_per_step_median: f64,
+    pub step_secs: Vec<f64>,
+    /// The median step times the epoch's steps.
+    pub sec_per_epoch_implied: f64,
+    pub peak_rss_kb: u64,
+    pub threads: usize,
+}
+
+/// Times each batch as the training loop reports it, and asks the loop to stop after `steps`
+/// (through the interrupt flag, as SIGINT does).
+struct StepTimer {
+    steps: usize,
+    last: Instant,
+    secs: Vec<f64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Reporter for StepTimer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _lr: f64) {
+        self.last = Instant::now();
+    }
+
+    fn batch(&mut self, _done: usize, _total: usize, _loss: f64, _acc: f64) {
+        self.secs.push(self.last.elapsed().as_secs_f64());
+        println!(
+            "step {}: {:.4}s",
+            self.secs.len(),
+            self.secs[self.secs.len() - 1]
+        );
+        if self.secs.len() >= self.steps {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.last = Instant::now();
+    }
+}
+
+/// Times `steps` training steps of a workload in this process.
+pub fn run_steps(
+    workload: Workload,
+    steps: usize,
+    data: &FashionMnist,
+    device: &Device,
+) -> Result<StepsResult> {
+    let config = workload.config(None)?;
+    let root = std::env::temp_dir().join(format!("fmnist-bench-{}", std::process::id()));
+    let run = RunDir::create(&root, Some(workload.name()), workload.name(), true)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut timer = StepTimer {
+        steps: steps.max(1),
+        last: Instant::now(),
+        secs: Vec::new(),
+        stop: stop.clone(),
+    };
+    let options = training::TrainOptions {
+        interrupt: Some(stop),
+        ..Default::default()
+    };
+    let outcome = training::train_with(&config, data, &run, device, &mut timer, &options);
+    let _ = std::fs::remove_dir_all(&root);
+    match outcome {
+        Ok(_) | Err(crate::Error::Interrupted { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let median = steady_median(timer.secs.clone());
+    Ok(StepsResult {
+        framework: "fmnist-burn",
+        workload,
+        steps: timer.secs.len(),
+        batch_size: config.batch_size,
+        sec_per_step_median: median,
+        step_secs: timer.secs,
+        sec_per_epoch_implied: median * data.train.len().div_ceil(config.batch_size) as f64,
+        peak_rss_kb: peak_rss_kb(),
+        threads: rayon::current_num_threads(),
+    })
+}
+
 /// Runs one workload in this process.
 pub fn run(
     workload: Workload,

@@ -220,3 +220,33 @@ fn speedrun_in_bfloat16_on_amx_tiles_learns_in_two_epochs() {
     let config = std::fs::read_to_string(runs.path().join("sr/config.toml")).unwrap();
     assert!(config.contains("matmul_precision = \"medium\""), "{config}");
 }
+
+/// `fmnist bench WORKLOAD --batches N` times N training steps and says so in its JSON line.
+#[test]
+fn bench_times_training_steps_on_request() {
+    let data = common::real_data_dir();
+    let out = fmnist(&[
+        "--threads",
+        "2",
+        "bench",
+        "mlp",
+        "--batches",
+        "5",
+        "--json",
+        "--in-process",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text.lines().last().expect("a JSON line");
+    let result: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(result["steps"], 5, "{line}");
+    assert_eq!(result["step_secs"].as_array().map(Vec::len), Some(5));
+    let median = result["sec_per_step_median"].as_f64().unwrap();
+    let implied = result["sec_per_epoch_implied"].as_f64().unwrap();
+    assert!(
+        median > 0.0 && (implied / median - 59.0).abs() < 1e-9,
+        "{line}"
+    );
+}

@@ -733,6 +733,9 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
             if let Some(e) = args.epochs {
                 cmd.args(["--epochs", &e.to_string()]);
             }
+            if let Some(n) = args.batches {
+                cmd.args(["--batches", &n.to_string()]);
+            }
             if args.json {
                 cmd.arg("--json");
             }
@@ -755,12 +758,12 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
         if !args.json {
             println!("== {} ({} threads)", w.name(), rayon::current_num_threads());
         }
-        // A line per epoch, then the JSON line, as the peer scripts print them.
-        let result = crate::bench::run(w, args.epochs, &dataset, &device)?;
-        println!(
-            "{}",
-            serde_json::to_string(&result).map_err(|e| Error::Usage(e.to_string()))?
-        );
+        // A line per epoch (or step), then the JSON line, as the peer scripts print them.
+        let line = match args.batches {
+            Some(n) => serde_json::to_string(&crate::bench::run_steps(w, n, &dataset, &device)?),
+            None => serde_json::to_string(&crate::bench::run(w, args.epochs, &dataset, &device)?),
+        };
+        println!("{}", line.map_err(|e| Error::Usage(e.to_string()))?);
     }
     Ok(())
 }

@@ -439,8 +439,12 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub workloads: Vec<crate::bench::Workload>,
     /// Epochs per workload (default: 10, 10 and 3, as the peers; 3 for speedrun, 1 for resnet).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "batches")]
     pub epochs: Option<usize>,
+    /// Time this many training steps instead of whole epochs (a ResNet check in a minute); the
+    /// JSON line gives `sec_per_step_median` and the implied seconds per epoch.
+    #[arg(long, value_name = "N")]
+    pub batches: Option<usize>,
     /// Leave out the workload headers: epoch lines, then one JSON line per workload.
     #[arg(long)]
     pub json: bool,

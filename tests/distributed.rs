@@ -357,35 +357,27 @@ fn status_and_a_partial_report_name_what_is_missing() {
     );
 }
 
-/// Exit code 2 and one line on stderr containing `needle`.
-fn refused(out: Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "{needle:?} not in {err}");
-}
-
 #[test]
 fn bad_shards_foreign_study_directories_and_unwritable_ones_are_refused() {
     let dir = TempDir::new("bad-workers");
     let file = write_study(dir.path(), STUDY);
     let out = dir.path().join("out");
     let run = |args: &[&str]| study(&file, &out, args).output().unwrap();
-    refused(
+    common::refused(
         run(&["--shard", "2/2"]),
         "--shard 2/2: the index must be below the count",
     );
-    refused(run(&["--shard", "x"]), "--shard \"x\": write I/N");
-    refused(run(&["--shard", "auto"]), "neither SLURM_ARRAY_TASK_ID");
+    common::refused(run(&["--shard", "x"]), "--shard \"x\": write I/N");
+    common::refused(run(&["--shard", "auto"]), "neither SLURM_ARRAY_TASK_ID");
     let mut k8s = study(&file, &out, &["--shard", "auto"]);
     k8s.env("JOB_COMPLETION_INDEX", "0");
-    refused(k8s.output().unwrap(), "needs --shard-count N");
-    refused(run(&["--lease-timeout", "0"]), "--lease-timeout 0");
-    refused(run(&["--status"]), "no such study directory");
+    common::refused(k8s.output().unwrap(), "needs --shard-count N");
+    common::refused(run(&["--lease-timeout", "0"]), "--lease-timeout 0");
+    common::refused(run(&["--status"]), "no such study directory");
 
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("study.json"), r#"{"file":"seed.toml"}"#).unwrap();
-    refused(
+    common::refused(
         run(&["--quiet"]),
         "was made by the study file \"seed.toml\", not \"workers.toml\"",
     );

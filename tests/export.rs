@@ -181,14 +181,6 @@ fn every_architecture_exports_to_onnx_and_safetensors_that_consumers_agree_with(
     check(&python, &run, "onnx", 1e-2);
 }
 
-/// One line on stderr with exit code 2, containing `needle`.
-fn refused(out: Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "{needle:?} not in {err}");
-}
-
 #[test]
 fn exports_of_bad_runs_formats_and_paths_are_refused() {
     let dir = TempDir::new("export-bad");
@@ -208,12 +200,12 @@ fn exports_of_bad_runs_formats_and_paths_are_refused() {
     let empty = runs.join("empty");
     std::fs::create_dir(&empty).unwrap();
     let e = empty.to_str().unwrap();
-    refused(
+    common::refused(
         fmnist(&["export", "--run", e, "--format", "onnx", "--out", o]),
         "not a run directory",
     );
     std::fs::remove_file(run.join("model-best.bpk")).unwrap();
-    refused(
+    common::refused(
         fmnist(&["export", "--run", r, "--format", "onnx", "--out", o]),
         "model-best.bpk",
     );

@@ -226,3 +226,11 @@ pub fn train_history(
     );
     fmnist::training::History::read(&runs.join(name)).expect("the run wrote its history")
 }
+
+/// Exit code 2 and exactly one line on stderr, containing `needle`.
+pub fn refused(out: std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}

@@ -406,3 +406,41 @@ fn relu_and_residual_relu_match_burn_bit_for_bit() {
         &[("da", &|g| grad4(&a, g))],
     );
 }
+
+/// Each MLP activation on the fast kernel against Burn's own function, forward and backward,
+/// on a small odd shape and one large enough to be split over threads; values around 0 and far
+/// on both sides (where the exponentials saturate). GELU's `erf` is libm's, hence its tolerance.
+#[test]
+fn mlp_activations_match_burn_forward_and_backward() {
+    use burn::tensor::activation as burn_activation;
+    use fmnist::model::ActivationKind as A;
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let reference = |kind: A, x: Tensor<4>| match kind {
+        A::Relu => burn_activation::relu(x),
+        A::Elu => burn_activation::elu(x, 1.0),
+        A::Selu => burn_activation::selu(x),
+        A::Tanh => burn_activation::tanh(x),
+        A::Sigmoid => burn_activation::sigmoid(x),
+        A::Gelu => burn_activation::gelu(x),
+        A::LeakyRelu => burn_activation::leaky_relu(x, 0.01),
+    };
+    for kind in A::ALL {
+        let tol = if kind == A::Gelu {
+            (1e-6, 1e-5)
+        } else {
+            (1e-6, 1e-6)
+        };
+        for shape in [[3, 5, 7, 11], [2, 8, 64, 33]] {
+            let x =
+                Tensor::<4>::random(shape, Distribution::Normal(0.0, 4.0), &device).require_grad();
+            assert_layer_matches(
+                &format!("{} {shape:?}", kind.name()),
+                ops::activation(x.clone(), kind),
+                reference(kind, x.clone()),
+                tol,
+                &[("dx", &|g| grad4(&x, g))],
+            );
+        }
+    }
+}

@@ -106,7 +106,10 @@ pub struct Mlp {
     /// One per hidden layer when batch normalisation is on, else empty.
     norms: Vec<BatchNorm>,
     output: Linear,
+    /// Burn's layer, used off flex; on flex [`ops::activation`] runs `kind`.
     activation: Activation,
+    #[module(skip)]
+    kind: ActivationKind,
     dropout: Dropout,
 }
 
@@ -134,6 +137,7 @@ impl Mlp {
             norms,
             output: dense(width, NUM_CLASSES, device),
             activation: activation.init(device),
+            kind: activation,
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
@@ -152,7 +156,11 @@ impl Mlp {
                 if let Some(norm) = self.norms.get(i) {
                     x = norm.forward(x);
                 }
-                x = self.activation.forward(x);
+                x = if crate::ops::is_flex(&x.device()) {
+                    crate::ops::activation(x, self.kind)
+                } else {
+                    self.activation.forward(x)
+                };
             }
             x = self.dropout.forward(x);
         }

@@ -16,7 +16,7 @@ use super::flex::{
     conv_pool_forward, conv_shape, cross_entropy_forward, dense_shape, dims4, fused,
     max_pool_forward, norm_shape, tensor, values,
 };
-use super::{CpuKernels, amx, conv, dense, loss, norm, pool, relu};
+use super::{CpuKernels, activation, amx, conv, dense, loss, norm, pool, relu};
 
 /// Registers `grad` (of `shape`) as the gradient of `node`, when the node is tracked and the
 /// gradient was computed.
@@ -158,6 +158,24 @@ impl Backward<Flex, 1> for ReluBackward {
 }
 
 #[derive(Debug)]
+struct ActivationBackward;
+
+impl Backward<Flex, 1> for ActivationBackward {
+    /// The output (the input for GELU) and the activation.
+    type State = (FlexTensor, crate::model::ActivationKind);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let Some(node) = node_x {
+            let (x, kind) = &ops.state;
+            let dx = activation::backward(*kind, &values(x), &values(&dy));
+            grads.register::<Flex>(node.id, tensor(dx, x.shape()));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct AddReluBackward;
 
 impl Backward<Flex, 2> for AddReluBackward {
@@ -285,6 +303,31 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 prep.finish(y.clone(), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_relu(x.into_primitive())),
+        }
+    }
+
+    fn fast_activation(
+        x: FloatTensor<Self>,
+        kind: crate::model::ActivationKind,
+    ) -> FloatTensor<Self> {
+        match ActivationBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                if activation::backward_needs_input(kind) {
+                    let y = Flex::fast_activation(input.clone(), kind);
+                    prep.finish((input, kind), y)
+                } else {
+                    let y = Flex::fast_activation(input, kind);
+                    prep.finish((y.clone(), kind), y)
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::fast_activation(x.into_primitive(), kind))
+            }
         }
     }
 

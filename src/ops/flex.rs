@@ -9,7 +9,7 @@ use burn::prelude::*;
 use super::conv::{self, ConvShape};
 use super::dense::{self, DenseShape, Fused};
 use super::norm::{self, NormShape};
-use super::{CpuKernels, amx, loss, pool, relu};
+use super::{CpuKernels, activation, amx, loss, pool, relu};
 
 pub(super) fn norm_shape(x: &FlexTensor) -> NormShape {
     let [batch, channels, h, w] = dims4(x);
@@ -172,6 +172,10 @@ impl CpuKernels for Flex {
 
     fn fast_relu(x: FlexTensor) -> FlexTensor {
         tensor(relu::forward(&values(&x)), x.shape())
+    }
+
+    fn fast_activation(x: FlexTensor, kind: crate::model::ActivationKind) -> FlexTensor {
+        tensor(activation::forward(kind, &values(&x)), x.shape())
     }
 
     fn fast_add_relu(a: FlexTensor, b: FlexTensor) -> FlexTensor {

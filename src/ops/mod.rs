@@ -7,6 +7,7 @@
 //! device. The flex implementation lives in `flex`, the autodiff one (with the backward passes) in
 //! `autodiff`; each kernel in its own module.
 
+pub mod activation;
 pub mod amx;
 mod autodiff;
 pub mod conv;
@@ -85,6 +86,11 @@ pub trait CpuKernels: burn::backend::Backend {
     ) -> FloatTensor<Self>;
     /// ReLU, on all threads.
     fn fast_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// One of the MLP's activations, on all threads.
+    fn fast_activation(
+        x: FloatTensor<Self>,
+        kind: crate::model::ActivationKind,
+    ) -> FloatTensor<Self>;
     /// `relu(a + b)` for tensors of one shape (the end of a residual block).
     fn fast_add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
@@ -246,6 +252,29 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_relu(x.into_dispatch()));
     }
     burn::tensor::activation::relu(x)
+}
+
+/// The activation `kind`: on flex one pass on all threads, forward and backward; Burn's
+/// functions elsewhere.
+///
+/// # Shapes
+///   - x: any; output: same as x
+pub fn activation<const D: usize>(x: Tensor<D>, kind: crate::model::ActivationKind) -> Tensor<D> {
+    use crate::model::ActivationKind as A;
+    use burn::tensor::activation as burn_activation;
+    if is_flex(&x.device()) {
+        let y = <Dispatch as CpuKernels>::fast_activation(x.into_dispatch(), kind);
+        return Tensor::from_dispatch(y);
+    }
+    match kind {
+        A::Relu => burn_activation::relu(x),
+        A::Elu => burn_activation::elu(x, 1.0),
+        A::Selu => burn_activation::selu(x),
+        A::Tanh => burn_activation::tanh(x),
+        A::Sigmoid => burn_activation::sigmoid(x),
+        A::Gelu => burn_activation::gelu(x),
+        A::LeakyRelu => burn_activation::leaky_relu(x, 0.01),
+    }
 }
 
 /// `relu(a + b)`, the end of a residual block: one fused kernel on flex, Burn's two operations

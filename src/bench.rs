@@ -52,20 +52,23 @@ impl Workload {
     }
 
     /// The preset that defines the workload (W1-W3 as `bench/WORKLOADS.md` defines them) and
-    /// the epochs it runs by default.
-    pub fn preset(self) -> (&'static str, usize) {
+    /// the epochs it runs by default; none for `claims`, which trains nothing.
+    pub fn preset(self) -> Option<(&'static str, usize)> {
         match self {
-            Workload::Linear => ("w1", 10),
-            Workload::Mlp => ("w2", 10),
-            Workload::Cnn => ("w3", 3),
-            Workload::Speedrun => ("speedrun", 3),
-            Workload::Resnet | Workload::Claims => ("best", 1),
+            Workload::Linear => Some(("w1", 10)),
+            Workload::Mlp => Some(("w2", 10)),
+            Workload::Cnn => Some(("w3", 3)),
+            Workload::Speedrun => Some(("speedrun", 3)),
+            Workload::Resnet => Some(("best", 1)),
+            Workload::Claims => None,
         }
     }
 
     /// The workload's training configuration: its preset, for `epochs` or its default.
     pub fn config(self, epochs: Option<usize>) -> Result<TrainConfig> {
-        let (preset, default_epochs) = self.preset();
+        let (preset, default_epochs) = self.preset().ok_or_else(|| {
+            crate::Error::Usage(format!("{}: not a training workload", self.name()))
+        })?;
         let mut config = TrainConfig::preset(preset)?;
         config.epochs = epochs.unwrap_or(default_epochs);
         Ok(config)

@@ -350,10 +350,8 @@ fn study_status(
     let claims = crate::study::claims::Claims::open(out_dir, lease_timeout)?;
     let status = crate::study::status::status(study, out_dir, &claims)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(&status).expect("a status serialises")
-        );
+        let line = serde_json::to_string(&status).map_err(|e| Error::Usage(e.to_string()))?;
+        println!("{line}");
     } else {
         print!("{}", crate::study::status::table(&status));
     }
@@ -696,10 +694,8 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
     use crate::bench::Workload;
     if args.workloads.contains(&Workload::Claims) {
         let result = crate::bench::claims(10_000)?;
-        println!(
-            "{}",
-            serde_json::to_string(&result).expect("a result serialises")
-        );
+        let line = serde_json::to_string(&result).map_err(|e| Error::Usage(e.to_string()))?;
+        println!("{line}");
         if args.workloads.len() == 1 {
             return Ok(());
         }

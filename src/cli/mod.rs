@@ -164,6 +164,21 @@ pub struct RecipeArgs {
     pub standardize: bool,
 }
 
+/// The flags given, as `(short name, TOML value)`.
+struct Flags(Vec<(&'static str, toml::Value)>);
+
+impl Flags {
+    /// Adds flag `name` if it was given.
+    fn give<T: serde::Serialize>(&mut self, name: &'static str, value: Option<T>) -> Result<()> {
+        if let Some(v) = value {
+            let v = toml::Value::try_from(v)
+                .map_err(|e| Error::Usage(format!("--{}: {e}", name.replace('_', "-"))))?;
+            self.0.push((name, v));
+        }
+        Ok(())
+    }
+}
+
 impl RecipeArgs {
     /// The preset or file (default: `seed-mlp`), with every given flag applied (through the same
     /// table of short names as study files), validated.
@@ -173,7 +188,7 @@ impl RecipeArgs {
             (Some(name), None) => TrainConfig::preset(name)?,
             (None, None) => TrainConfig::preset("seed-mlp")?,
         };
-        let mut table = toml::Table::try_from(&base).expect("a TrainConfig serialises to a table");
+        let mut table = base.to_table();
         table.remove("provenance");
         for (name, value) in self.flags()? {
             let path = settings::key_path(name, &value);
@@ -196,64 +211,25 @@ impl RecipeArgs {
 
     /// The flags given, by their short names (see [`settings::SHORT_NAMES`]), as TOML values.
     fn flags(&self) -> Result<Vec<(&'static str, toml::Value)>> {
-        fn value<T: serde::Serialize>(name: &str, v: T) -> Result<toml::Value> {
-            toml::Value::try_from(v)
-                .map_err(|e| Error::Usage(format!("--{}: {e}", name.replace('_', "-"))))
-        }
-        let mut flags = Vec::new();
-        let mut give =
-            |name: &'static str, v: Option<toml::Value>| flags.extend(v.map(|v| (name, v)));
-        give("model", self.model.map(|v| value("model", v)).transpose()?);
-        give(
-            "hidden",
-            self.hidden
-                .as_ref()
-                .map(|v| value("hidden", v))
-                .transpose()?,
-        );
-        give(
-            "activation",
-            self.activation
-                .map(|v| value("activation", v))
-                .transpose()?,
-        );
-        give("dropout", self.dropout.map(Into::into));
-        give(
-            "epochs",
-            self.epochs.map(|v| value("epochs", v)).transpose()?,
-        );
-        give(
-            "batch_size",
-            self.batch_size
-                .map(|v| value("batch_size", v))
-                .transpose()?,
-        );
-        give("seed", self.seed.map(|v| value("seed", v)).transpose()?);
-        give(
-            "optimizer",
-            self.optimizer.map(|v| value("optimizer", v)).transpose()?,
-        );
-        give("lr", self.lr.map(Into::into));
-        give("momentum", self.momentum.map(Into::into));
-        give("nesterov", self.nesterov.then_some(true.into()));
-        give("weight_decay", self.weight_decay.map(Into::into));
-        give(
-            "schedule",
-            self.schedule.map(|v| value("schedule", v)).transpose()?,
-        );
-        give(
-            "hold_epochs",
-            self.hold_epochs
-                .map(|v| value("hold_epochs", v))
-                .transpose()?,
-        );
-        give("factor", self.factor.map(Into::into));
-        give("val_split", self.val_split.map(Into::into));
-        give(
-            "normalization",
-            self.standardize.then(|| "standardize".into()),
-        );
-        Ok(flags)
+        let mut f = Flags(Vec::new());
+        f.give("model", self.model)?;
+        f.give("hidden", self.hidden.as_ref())?;
+        f.give("activation", self.activation)?;
+        f.give("dropout", self.dropout)?;
+        f.give("epochs", self.epochs)?;
+        f.give("batch_size", self.batch_size)?;
+        f.give("seed", self.seed)?;
+        f.give("optimizer", self.optimizer)?;
+        f.give("lr", self.lr)?;
+        f.give("momentum", self.momentum)?;
+        f.give("nesterov", self.nesterov.then_some(true))?;
+        f.give("weight_decay", self.weight_decay)?;
+        f.give("schedule", self.schedule)?;
+        f.give("hold_epochs", self.hold_epochs)?;
+        f.give("factor", self.factor)?;
+        f.give("val_split", self.val_split)?;
+        f.give("normalization", self.standardize.then_some("standardize"))?;
+        Ok(f.0)
     }
 
     /// A short label for generated run names.

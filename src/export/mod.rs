@@ -38,7 +38,7 @@ pub fn export(
     let config = run.read_config()?;
     let device = Device::default();
     let model = run.load_weights(config.model.init(&device), which)?;
-    let layers = model.layers(&config.model);
+    let layers = model.layers();
     let (mean, std) = crate::inference::input_stats(&config, train)?;
     let stats = (mean as f32, std as f32);
     let weights = match which {
@@ -82,11 +82,11 @@ pub fn export(
                 metadata.push(("epoch".into(), epoch.epoch.to_string()));
                 metadata.push(("epoch_test_accuracy".into(), epoch.val_acc.to_string()));
             }
-            fsio::write_atomic(out, &onnx::model_bytes(&layers, stats, &metadata))?;
+            fsio::write_atomic(out, &onnx::model_bytes(&layers, stats, &metadata)?)?;
             Ok(vec![out.to_path_buf()])
         }
         Format::Safetensors => {
-            let text = serde_json::to_string_pretty(&architecture).expect("JSON serialises");
+            let text = format!("{architecture:#}");
             fsio::write_atomic(out, &safetensors::file_bytes(&layers, &text)?)?;
             let beside = out.with_extension("json");
             fsio::write_text(&beside, &text)?;

@@ -12,6 +12,7 @@ use onnx_protobuf::{
     attribute_proto::AttributeType, type_proto,
 };
 
+use crate::error::{Error, Result};
 use crate::model::ActivationKind;
 use crate::model::layers::{Array, Layer};
 
@@ -220,7 +221,7 @@ pub fn model_bytes(
     layers: &[Layer],
     (mean, std): (f32, f32),
     metadata: &[(String, String)],
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     let mut g = Graph {
         nodes: Vec::new(),
         initializers: Vec::new(),
@@ -265,5 +266,5 @@ pub fn model_bytes(
         .collect();
     model
         .write_to_bytes()
-        .expect("an ONNX model of plain messages serialises")
+        .map_err(|e| Error::Usage(format!("cannot write the model as ONNX: {e}")))
 }

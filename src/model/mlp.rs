@@ -1,10 +1,7 @@
 //! The multi-layer perceptron; with no hidden layer it is the linear softmax model.
 
 use burn::module::Param;
-use burn::nn::activation::{Activation, ActivationConfig};
-use burn::nn::{
-    self, BatchNorm, BatchNormConfig, Dropout, DropoutConfig, EluConfig, LeakyReluConfig, Linear,
-};
+use burn::nn::{self, BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -50,20 +47,6 @@ impl ActivationKind {
             ActivationKind::LeakyRelu => "leaky-relu",
         }
     }
-
-    /// Burn's layer for this activation.
-    pub fn init(self, device: &Device) -> Activation {
-        let config = match self {
-            ActivationKind::Relu => ActivationConfig::Relu,
-            ActivationKind::Elu => EluConfig::new().into(),
-            ActivationKind::Selu => ActivationConfig::Selu,
-            ActivationKind::Tanh => ActivationConfig::Tanh,
-            ActivationKind::Sigmoid => ActivationConfig::Sigmoid,
-            ActivationKind::Gelu => ActivationConfig::Gelu,
-            ActivationKind::LeakyRelu => LeakyReluConfig::new().into(),
-        };
-        config.init(device)
-    }
 }
 
 /// A dense layer as Keras initialises it: Glorot-uniform kernel, zero bias.
@@ -106,10 +89,9 @@ pub struct Mlp {
     /// One per hidden layer when batch normalisation is on, else empty.
     norms: Vec<BatchNorm>,
     output: Linear,
-    /// Burn's layer, used off flex; on flex [`ops::activation`] runs `kind`.
-    activation: Activation,
+    /// Applied by [`crate::ops::activation`] (fmnist's kernel on flex, Burn's functions elsewhere).
     #[module(skip)]
-    kind: ActivationKind,
+    activation: ActivationKind,
     dropout: Dropout,
 }
 
@@ -136,8 +118,7 @@ impl Mlp {
             hidden: layers,
             norms,
             output: dense(width, NUM_CLASSES, device),
-            activation: activation.init(device),
-            kind: activation,
+            activation,
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
@@ -147,7 +128,7 @@ impl Mlp {
     ///   - output: `[batch, 10]` logits
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x: Tensor<2> = images.flatten(1, 3); // [batch, 784]
-        let fuse_relu = matches!(self.activation, Activation::Relu(_)) && self.norms.is_empty();
+        let fuse_relu = self.activation == ActivationKind::Relu && self.norms.is_empty();
         for (i, layer) in self.hidden.iter().enumerate() {
             if fuse_relu {
                 x = dense_forward(layer, x, true); // [batch, hidden], activated
@@ -156,11 +137,7 @@ impl Mlp {
                 if let Some(norm) = self.norms.get(i) {
                     x = norm.forward(x);
                 }
-                x = if crate::ops::is_flex(&x.device()) {
-                    crate::ops::activation(x, self.kind)
-                } else {
-                    self.activation.forward(x)
-                };
+                x = crate::ops::activation(x, self.activation);
             }
             x = self.dropout.forward(x);
         }
@@ -169,16 +146,15 @@ impl Mlp {
 }
 
 impl Mlp {
-    /// The layers at inference (see [`super::layers`]), `activation` being the one it was built
-    /// with.
-    pub fn layers(&self, activation: ActivationKind) -> Vec<Layer> {
+    /// The layers at inference (see [`super::layers`]).
+    pub fn layers(&self) -> Vec<Layer> {
         let mut layers = vec![Layer::Flatten];
         for (i, dense) in self.hidden.iter().enumerate() {
             layers.push(Layer::dense(format!("hidden.{i}"), dense));
             if let Some(norm) = self.norms.get(i) {
                 layers.push(Layer::batch_norm(format!("norms.{i}"), norm));
             }
-            layers.push(Layer::Activation(activation));
+            layers.push(Layer::Activation(self.activation));
         }
         layers.push(Layer::dense("output", &self.output));
         layers

@@ -204,6 +204,8 @@ impl ModelConfig {
 
 /// Any model fmnist trains.
 #[derive(Module, Debug)]
+// One model lives per run (a few, with the weight average): boxing the ResNet saves nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     Mlp(Mlp),
     Cnn(ConvNet),
@@ -211,11 +213,10 @@ pub enum Model {
 }
 
 impl Model {
-    /// The layers at inference, with their weights (see [`layers`]); `config` is the one the
-    /// model was built from.
-    pub fn layers(&self, config: &ModelConfig) -> Vec<layers::Layer> {
+    /// The layers at inference, with their weights (see [`layers`]).
+    pub fn layers(&self) -> Vec<layers::Layer> {
         match self {
-            Model::Mlp(m) => m.layers(config.activation),
+            Model::Mlp(m) => m.layers(),
             Model::Cnn(m) => m.layers(),
             Model::Resnet(m) => m.layers(),
         }

@@ -260,12 +260,20 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// # Shapes
 ///   - x: any; output: same as x
 pub fn activation<const D: usize>(x: Tensor<D>, kind: crate::model::ActivationKind) -> Tensor<D> {
-    use crate::model::ActivationKind as A;
-    use burn::tensor::activation as burn_activation;
     if is_flex(&x.device()) {
         let y = <Dispatch as CpuKernels>::fast_activation(x.into_dispatch(), kind);
         return Tensor::from_dispatch(y);
     }
+    burn_activation(x, kind)
+}
+
+/// The activation `kind` by Burn's own functions (the reference the kernels are tested against).
+pub fn burn_activation<const D: usize>(
+    x: Tensor<D>,
+    kind: crate::model::ActivationKind,
+) -> Tensor<D> {
+    use crate::model::ActivationKind as A;
+    use burn::tensor::activation as burn_activation;
     match kind {
         A::Relu => burn_activation::relu(x),
         A::Elu => burn_activation::elu(x, 1.0),

@@ -147,7 +147,8 @@ impl Claims {
         let mine = self
             .dir
             .join(format!(".claim-{}-{run}", holder.worker.replace(':', "-")));
-        let text = serde_json::to_string(holder).expect("a holder serialises");
+        let text = serde_json::to_string(holder)
+            .map_err(|e| Error::io(&mine, std::io::Error::other(e)))?;
         fsio::write_atomic(&mine, text.as_bytes())?;
         let lease = self.lease_path(run);
         let linked = match fs::hard_link(&mine, &lease) {

@@ -297,7 +297,7 @@ impl Context<'_> {
             },
             None => TrainConfig::default(),
         };
-        Ok(Table::try_from(&base).expect("a TrainConfig serialises to a table"))
+        Ok(base.to_table())
     }
 
     /// The run's `name`, or its group's.

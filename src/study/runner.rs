@@ -114,7 +114,8 @@ pub fn check_study_dir(study: &Study, out_dir: &Path) -> Result<()> {
     let path = out_dir.join("study.json");
     let mine = StudyIdentity { file };
     if !path.exists() {
-        let text = serde_json::to_string(&mine).expect("an identity serialises");
+        let text =
+            serde_json::to_string(&mine).map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
         let tmp = fsio::temp_path(&path);
         fsio::write_atomic(&tmp, text.as_bytes())?;
         // Several workers may start at once: the first link wins, the others compare with it.
@@ -215,60 +216,84 @@ impl Worker<'_> {
         let poll =
             (self.claims.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
         let mut announced = HashSet::new();
+        let mut trained = false;
         loop {
             let state = self.claims.list()?;
+            if trained {
+                // The listing after this worker's last completion: was it the study's last run?
+                self.finished_last = units.iter().all(|u| is_done(&state, u));
+            }
             let mut left = 0;
-            let mut trained_one = false;
+            trained = false;
             for &(i, unit) in &mine {
-                let name = &unit.run.name;
-                match state.get(name) {
-                    Some(Claim::Done { recipes }) if recipes.contains(&unit.hash) => {
-                        if announced.insert(name.clone()) {
-                            self.progress.skip(unit.run.config.epochs);
-                        }
-                        continue;
-                    }
-                    Some(claim @ Claim::Leased { holder, .. }) if !self.claims.is_stale(claim) => {
-                        if holder.is_none() && announced.insert(format!("{name}.damaged")) {
-                            self.progress.say(&format!(
-                                "{}: a damaged lease file (not written by fmnist); the run is taken \
-                                 over once it is older than --lease-timeout, or delete it",
-                                self.options.out_dir.join("claims").join(format!("{name}.lease")).display()
-                            ));
-                        }
+                match self.visit(&state, unit, &mut announced)? {
+                    Visit::Done => continue,
+                    Visit::HeldElsewhere => left += 1,
+                    Visit::Claimed => {
                         left += 1;
-                        continue;
-                    }
-                    Some(Claim::Leased { .. }) => {
-                        self.claims.break_stale(name, &self.holder)?;
-                    }
-                    _ => {}
-                }
-                left += 1;
-                if self.claims.claim(name, &self.holder)? {
-                    let label = format!("[{}/{}] {}", i + 1, units.len(), name);
-                    match self.train_unit(unit, &label) {
-                        Err(e @ Error::LeaseLost { .. }) => {
-                            self.progress.say(&format!("{label}: {e}"))
+                        let label = format!("[{}/{}] {}", i + 1, units.len(), unit.run.name);
+                        match self.train_unit(unit, &label) {
+                            Err(e @ Error::LeaseLost { .. }) => {
+                                self.progress.say(&format!("{label}: {e}"))
+                            }
+                            other => other?,
                         }
-                        other => other?,
+                        announced.insert(unit.run.name.clone());
+                        trained = true;
+                        break;
                     }
-                    announced.insert(name.clone());
-                    trained_one = true;
-                    let now = self.claims.list()?;
-                    self.finished_last = units.iter().all(|u| {
-                        matches!(now.get(&u.run.name), Some(Claim::Done { recipes }) if recipes.contains(&u.hash))
-                    });
-                    break;
                 }
             }
             if left == 0 {
                 return Ok(());
             }
-            if !trained_one {
+            if !trained {
                 std::thread::sleep(poll);
             }
         }
+    }
+
+    /// What `unit` is to this worker in `state`: done, held by a live lease elsewhere, or now
+    /// claimed by this worker (breaking a stale lease first).
+    fn visit(
+        &mut self,
+        state: &HashMap<String, Claim>,
+        unit: &Unit,
+        announced: &mut HashSet<String>,
+    ) -> Result<Visit> {
+        let name = &unit.run.name;
+        if is_done(state, unit) {
+            if announced.insert(name.clone()) {
+                self.progress.skip(unit.run.config.epochs);
+            }
+            return Ok(Visit::Done);
+        }
+        match state.get(name) {
+            Some(claim @ Claim::Leased { holder, .. }) if !self.claims.is_stale(claim) => {
+                if holder.is_none() && announced.insert(format!("{name}.damaged")) {
+                    let lease = self
+                        .options
+                        .out_dir
+                        .join("claims")
+                        .join(format!("{name}.lease"));
+                    self.progress.say(&format!(
+                        "{}: a damaged lease file (not written by fmnist); the run is taken over \
+                         once it is older than --lease-timeout, or delete it",
+                        lease.display()
+                    ));
+                }
+                return Ok(Visit::HeldElsewhere);
+            }
+            Some(Claim::Leased { .. }) => {
+                self.claims.break_stale(name, &self.holder)?;
+            }
+            _ => {}
+        }
+        Ok(if self.claims.claim(name, &self.holder)? {
+            Visit::Claimed
+        } else {
+            Visit::HeldElsewhere
+        })
     }
 
     /// Trains (or resumes) the unit whose lease this worker holds, keeping the lease alive,
@@ -347,6 +372,18 @@ impl Worker<'_> {
         self.trained.insert(planned.name.clone());
         self.claims.complete(&planned.name, &unit.hash)
     }
+}
+
+/// A unit's place in [`Worker::work`]'s round.
+enum Visit {
+    Done,
+    HeldElsewhere,
+    Claimed,
+}
+
+/// Whether `unit` is marked done for its recipe in `state`.
+pub fn is_done(state: &HashMap<String, Claim>, unit: &Unit) -> bool {
+    matches!(state.get(&unit.run.name), Some(Claim::Done { recipes }) if recipes.contains(&unit.hash))
 }
 
 /// Renews a lease from a thread of its own while the run trains; sets `lost` if the lease is

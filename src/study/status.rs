@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::Study;
 use super::claims::{Claim, Claims, unix_now};
-use super::runner::{read_starts, units};
+use super::runner::{is_done, read_starts, units};
 use crate::error::Result;
 use crate::training::History;
 
@@ -53,7 +53,7 @@ pub fn status(study: &Study, out_dir: &Path, claims: &Claims) -> Result<StudySta
         let epochs = unit.run.config.epochs;
         let dir = out_dir.join("runs").join(&name);
         let claim = state.get(&name).cloned().unwrap_or(Claim::Pending);
-        let done = matches!(&claim, Claim::Done { recipes } if recipes.contains(&unit.hash));
+        let done = is_done(&state, &unit);
         // Histories are read only for runs under way, so that listing stays fast.
         let history = (!done && dir.is_dir())
             .then(|| History::read(&dir).ok())

@@ -271,6 +271,11 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("a TrainConfig always serialises to TOML")
     }
 
+    /// The configuration as a TOML table, to set keys in by name ([`super::settings::set`]).
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("a TrainConfig always serialises to a TOML table")
+    }
+
     /// The configuration without its provenance, for comparing two runs' recipes.
     pub fn recipe(&self) -> TrainConfig {
         TrainConfig {

@@ -70,13 +70,13 @@ pub fn set(table: &mut Table, path: &[String], value: &Value) -> Result<(), Stri
             ));
         }
     };
-    let (last, parents) = path.split_last().expect("a key has a name");
+    let (last, parents) = path.split_last().ok_or("an empty key")?;
     let mut node = table;
     for p in parents {
         node = node
             .get_mut(p)
             .and_then(Value::as_table_mut)
-            .expect("looked up above");
+            .ok_or_else(|| format!("unknown key `{key}`"))?;
     }
     node.insert(last.clone(), value);
     Ok(())

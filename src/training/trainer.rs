@@ -24,7 +24,7 @@ use super::config::{EarlyStopping, TrainConfig};
 use super::history::EpochRecord;
 use super::learner::Learner;
 use super::run_dir::{RunDir, RunResult, Weights};
-use crate::data::batcher::Batcher;
+use crate::data::batcher::{Augmentation, Batcher};
 use crate::data::prefetch::Prefetcher;
 use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
@@ -231,6 +231,9 @@ struct Trainer<'a> {
     train_split: Cow<'a, Split>,
     val_split: Cow<'a, Split>,
     batcher: Batcher,
+    /// `device` with autodiff, where the model trains.
+    train_device: Device,
+    augmentation: Augmentation,
 }
 
 impl<'a> Trainer<'a> {
@@ -258,6 +261,8 @@ impl<'a> Trainer<'a> {
             train_split,
             val_split,
             batcher,
+            train_device: device.clone().autodiff(),
+            augmentation: config.data.augmentation(),
         }
     }
 
@@ -406,12 +411,11 @@ impl<'a> Trainer<'a> {
         next: Option<&[usize]>,
     ) -> Result<Learner> {
         let (config, epoch) = (self.config, position.epoch);
-        let train_device = self.device.clone().autodiff();
+        let (train_device, augmentation) = (&self.train_device, self.augmentation);
         train_device.seed(derive_seed(config.seed, epoch, b, STREAM_DEVICE));
-        let augmentation = config.data.augmentation();
         let batch = if augmentation.is_identity() {
             // The next batch is filled while this one trains.
-            let batch = prefetcher.take(indices, &train_device);
+            let batch = prefetcher.take(indices, train_device);
             if let Some(next) = next {
                 prefetcher.queue(next);
             }
@@ -420,7 +424,7 @@ impl<'a> Trainer<'a> {
             let mut rng = StdRng::seed_from_u64(derive_seed(config.seed, epoch, b, STREAM_AUGMENT));
             let split = &self.train_split;
             self.batcher
-                .batch_augmented(split, indices, augmentation, &mut rng, &train_device)
+                .batch_augmented(split, indices, augmentation, &mut rng, train_device)
         };
         let logits = learner.model.forward(batch.images);
         let smoothing = config.label_smoothing as f32;

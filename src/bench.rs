@@ -135,10 +135,15 @@ pub struct StepsResult {
     /// The median of steps 2..N (the first includes warm-up).
     pub sec_per_step_median: f64,
     pub step_secs: Vec<f64>,
+    /// The mean training loss of the epoch's batches so far, after each step (the same seed gives
+    /// the same initial weights and batches on every backend, so these compare across devices).
+    pub step_losses: Vec<f64>,
     /// The median step times the epoch's steps.
     pub sec_per_epoch_implied: f64,
     pub peak_rss_kb: u64,
     pub threads: usize,
+    /// The device, as the training line names it.
+    pub device: String,
 }
 
 /// Times each batch as the training loop reports it, and asks the loop to stop after `steps`
@@ -147,6 +152,7 @@ struct StepTimer {
     steps: usize,
     last: Instant,
     secs: Vec<f64>,
+    losses: Vec<f64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -155,10 +161,11 @@ impl Reporter for StepTimer {
         self.last = Instant::now();
     }
 
-    fn batch(&mut self, _done: usize, _total: usize, _loss: f64, _acc: f64) {
+    fn batch(&mut self, _done: usize, _total: usize, loss: f64, _acc: f64) {
         self.secs.push(self.last.elapsed().as_secs_f64());
+        self.losses.push(loss);
         println!(
-            "step {}: {:.4}s",
+            "step {}: {:.4}s, loss {loss:.4}",
             self.secs.len(),
             self.secs[self.secs.len() - 1]
         );
@@ -184,6 +191,7 @@ pub fn run_steps(
         steps: steps.max(1),
         last: Instant::now(),
         secs: Vec::new(),
+        losses: Vec::new(),
         stop: stop.clone(),
     };
     let options = training::TrainOptions {
@@ -204,9 +212,11 @@ pub fn run_steps(
         batch_size: config.batch_size,
         sec_per_step_median: median,
         step_secs: timer.secs,
+        step_losses: timer.losses,
         sec_per_epoch_implied: median * data.train.len().div_ceil(config.batch_size) as f64,
         peak_rss_kb: peak_rss_kb(),
         threads: rayon::current_num_threads(),
+        device: crate::device::current().map_or_else(|_| String::new(), |c| c.label.clone()),
     })
 }
 
@@ -250,7 +260,7 @@ pub fn run(
         versions: serde_json::json!({
             "fmnist": env!("CARGO_PKG_VERSION"),
             "burn": "0.22.1",
-            "backend": if crate::ops::is_flex(device) { "flex" } else { "gpu" },
+            "backend": crate::device::current().map_or_else(|_| String::new(), |c| c.label.clone()),
         }),
     })
 }

@@ -65,6 +65,10 @@ pub enum Error {
         run.display()
     )]
     LeaseLost { run: PathBuf },
+    /// A GPU backend failed while running (out of memory, a lost device); Burn reports these by
+    /// panicking, which [`crate::device::guard`] turns into this.
+    #[error("the {device} device failed: {reason}; try a smaller --batch-size, or --device cpu")]
+    Device { device: String, reason: String },
     /// A saved model, checkpoint or run directory cannot be used.
     #[error("{}: {reason}", path.display())]
     Run { path: PathBuf, reason: String },
@@ -109,7 +113,8 @@ impl Error {
             Error::Io { .. }
             | Error::Download(_)
             | Error::Diverged { .. }
-            | Error::LeaseLost { .. } => 1,
+            | Error::LeaseLost { .. }
+            | Error::Device { .. } => 1,
             Error::Interrupted { .. } | Error::StudyInterrupted { .. } => 130,
         }
     }

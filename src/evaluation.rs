@@ -310,7 +310,7 @@ mod tests {
     use super::*;
 
     fn image(values: Vec<f32>, h: usize, w: usize) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(values, [1, 1, h, w]), &Device::default())
+        Tensor::from_data(TensorData::new(values, [1, 1, h, w]), &Device::flex())
     }
 
     fn values(t: Tensor<4>) -> Vec<f32> {

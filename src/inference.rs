@@ -65,7 +65,7 @@ impl Predictor {
     pub fn logits(&self, split: &Split) -> Vec<f32> {
         let precision = crate::ops::amx::MatmulPrecision::Highest;
         crate::ops::amx::set_matmul_precision(precision);
-        let batch_size = self.config.eval_batch_size;
+        let batch_size = self.config.eval_batch_on(&self.device);
         let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
         for start in (0..split.len()).step_by(batch_size.max(1)) {
             let end = (start + batch_size).min(split.len());
@@ -79,7 +79,7 @@ impl Predictor {
     /// The probabilities of every image of `split`, `[n, 10]` row-major, averaged over the
     /// run's test-time views (as [`Predictor::evaluate`] scores them).
     pub fn probabilities(&self, split: &Split) -> Vec<f32> {
-        let batch_size = self.config.eval_batch_size.max(1);
+        let batch_size = self.config.eval_batch_on(&self.device).max(1);
         let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
         for start in (0..split.len()).step_by(batch_size) {
             let end = (start + batch_size).min(split.len());
@@ -97,7 +97,7 @@ impl Predictor {
             split,
             &self.batcher,
             &self.device,
-            self.config.eval_batch_size,
+            self.config.eval_batch_on(&self.device),
             self.config.data.tta(),
         )
     }

@@ -78,7 +78,7 @@ fn metrics(dir: &Path) -> Vec<String> {
 fn weights(dir: &Path, which: Weights) -> Vec<f32> {
     let run = RunDir::open(dir).unwrap();
     let config = run.read_config().unwrap();
-    let device = Device::default();
+    let device = Device::flex();
     let model = run.load_weights(config.model.init(&device), which).unwrap();
     // Compare the parameter values, not the random parameter ids burnpack stores beside them.
     let mut values = Vec::new();

@@ -351,7 +351,7 @@ fn run_study(text: &str, out: &Path, force: bool) -> Vec<CompletedRun> {
         lease_timeout: std::time::Duration::from_secs(60),
         shard: fmnist::study::runner::Shard::ALL,
     };
-    let device = burn::prelude::Device::default();
+    let device = burn::prelude::Device::flex();
     fmnist::study::runner::run(&study, &dataset(), &device, &options)
         .unwrap()
         .groups

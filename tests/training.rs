@@ -31,14 +31,14 @@ fn dataset() -> &'static FashionMnist {
 fn run(config: &TrainConfig, tag: &str) -> (training::RunResult, History, common::TempDir) {
     let root = common::TempDir::new(tag);
     let dir = RunDir::create(root.path(), Some("run"), tag, false).unwrap();
-    let result = training::train(config, dataset(), &dir, &Device::default(), &mut Silent).unwrap();
+    let result = training::train(config, dataset(), &dir, &Device::flex(), &mut Silent).unwrap();
     let history = History::read(&dir.path).unwrap();
     (result, history, root)
 }
 
 /// The `which` weights of the run trained by [`run`] in `root`, with a batcher for its inputs.
 fn saved(root: &common::TempDir, config: &TrainConfig, which: Weights) -> (Model, Batcher, Device) {
-    let device = Device::default();
+    let device = Device::flex();
     let dir = RunDir::open(&root.path().join("run")).unwrap();
     let model = dir.load_weights(config.model.init(&device), which).unwrap();
     let batcher = Batcher::new(config.data.normalization, (0.0, 1.0));
@@ -95,7 +95,7 @@ fn mlp_five_epochs_of_the_study_recipe_reach_084() {
 
 #[test]
 fn parameter_counts_match_keras() {
-    let device = Device::default();
+    let device = Device::flex();
     let linear = ModelConfig::linear();
     assert_eq!(linear.summary().total_params(), 7_850);
     assert_eq!(linear.init(&device).num_params(), 7_850);
@@ -106,7 +106,7 @@ fn parameter_counts_match_keras() {
 
 #[test]
 fn loss_at_initialisation_is_close_to_ln_10() {
-    let device = Device::default();
+    let device = Device::flex();
     device.seed(3);
     let model = ModelConfig::default().init(&device);
     let batcher = Batcher::new(Default::default(), (0.0, 1.0));
@@ -141,7 +141,7 @@ fn small_cnn_two_epochs_reach_085() {
 #[test]
 fn convolutional_models_have_keras_parameter_counts_and_shapes() {
     use fmnist::model::Arch;
-    let device = Device::default();
+    let device = Device::flex();
     // The W3 network: 320 + 18,496 + 204,928 + 1,290 parameters, as Keras counts them.
     let cnn = TrainConfig::preset("cnn").unwrap().model;
     assert_eq!(cnn.summary().total_params(), 225_034);

@@ -19,19 +19,9 @@ use crate::training::{self, RunDir, TrainOptions};
 /// The Burn version fmnist is pinned to (Cargo.toml: `burn = "=0.22.1"`).
 pub const BURN_VERSION: &str = "0.22.1";
 
-/// The compute device: the first GPU backend compiled in, else flex on the CPU.
-pub fn device() -> Device {
-    Device::default()
-}
-
-fn backend_name() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "cuda"
-    } else if cfg!(feature = "wgpu") {
-        "wgpu"
-    } else {
-        "flex"
-    }
+/// The compute device `--device` chose, opened on first use.
+fn device() -> Result<Device> {
+    Ok(crate::device::current()?.device.clone())
 }
 
 pub fn data(args: DataCommand) -> Result<()> {
@@ -113,7 +103,7 @@ fn provenance(label: String, dataset: &data::FashionMnist) -> Provenance {
     Provenance {
         fmnist_version: env!("CARGO_PKG_VERSION").into(),
         burn_version: BURN_VERSION.into(),
-        backend: backend_name().into(),
+        backend: crate::device::current().map_or_else(|_| String::new(), |c| c.label.clone()),
         threads: rayon::current_num_threads(),
         preset: label,
         data_dir: dataset.location.dir.display().to_string(),
@@ -142,18 +132,19 @@ pub fn study(args: StudyArgs, threads: Option<usize>) -> Result<()> {
     }
     let shard = shard(args.shard.as_deref(), args.shard_count)?;
     let dataset = data::obtain(&args.data.options())?;
-    let device = device();
+    let device = device()?;
     if args.report_only {
         let (groups, missing) =
             crate::study::runner::collect(&study, &out_dir, &Default::default())?;
         return study_report(&study, &out_dir, groups, &missing, &dataset, &device);
     }
     println!(
-        "Study {:?}: {} groups, {} runs, {} epochs in all; results in {}{}",
+        "Study {:?}: {} groups, {} runs, {} epochs in all, on {}; results in {}{}",
         study.title,
         study.groups.len(),
         study.runs().count(),
         study.total_epochs(),
+        crate::device::current()?.label,
         out_dir.display(),
         if shard.count > 1 {
             format!(" (shard {}/{})", shard.index, shard.count)
@@ -212,7 +203,12 @@ fn local_workers(args: &StudyArgs, threads: Option<usize>, units: usize) -> usiz
     if args.worker || args.shard.is_some() || args.force {
         return 1;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One process per core on the CPU; one process for a GPU, whose operations are queued on
+    // the device anyway.
+    let cores = match crate::device::chosen() {
+        crate::device::Backend::Cpu => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => 1,
+    };
     args.workers
         .unwrap_or_else(|| (cores / threads.unwrap_or(1).max(1)).min(units))
         .max(1)
@@ -238,7 +234,8 @@ fn run_local_workers(
     let mut children = Vec::new();
     for _ in 0..workers {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["--threads", &threads.to_string(), "study"])
+        cmd.args(["--threads", &threads.to_string()])
+            .args(["--device", crate::device::chosen().name(), "study"])
             .arg(&args.file)
             .arg("--out")
             .arg(out_dir)
@@ -486,9 +483,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
         let config = run.read_config()?;
         let dataset = data::obtain(&args.data.options())?;
         if !args.quiet {
-            println!("Resuming {} from its checkpoint", run.path.display());
+            println!(
+                "Resuming {} from its checkpoint, on {}",
+                run.path.display(),
+                crate::device::current()?.label
+            );
         }
-        let result = training::resume(&dataset, &run, &device(), &mut console, &options)?;
+        let result = training::resume(&dataset, &run, &device()?, &mut console, &options)?;
         println!("{}", final_report(&config, &result, &run.path));
         return Ok(());
     }
@@ -508,7 +509,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if !args.quiet {
         println!("{}", config.model.summary());
         println!(
-            "Training {} on {} images, validating on {} ({} threads{}, seed {}); run directory {}",
+            "Training {} on {} images, validating on {}, on {}{} (seed {}); run directory {}",
             run.name(),
             dataset.train.len(),
             if config.data.val_split > 0.0 {
@@ -516,21 +517,30 @@ pub fn train(args: TrainArgs) -> Result<()> {
             } else {
                 "the test set".into()
             },
-            rayon::current_num_threads(),
-            match config.matmul_precision {
-                MatmulPrecision::Highest => "",
-                MatmulPrecision::Medium if crate::ops::amx::available() => {
-                    ", bfloat16 convolutions on AMX tiles"
-                }
-                MatmulPrecision::Medium => ", f32: this CPU has no AMX tiles for bfloat16",
-            },
+            crate::device::current()?.label,
+            precision_note(config.matmul_precision),
             config.seed,
             run.path.display()
         );
     }
-    let result = training::train_with(&config, &dataset, &run, &device(), &mut console, &options)?;
+    let result = training::train_with(&config, &dataset, &run, &device()?, &mut console, &options)?;
     println!("{}", final_report(&config, &result, &run.path));
     Ok(())
+}
+
+/// What the training line says of the convolutions' precision.
+fn precision_note(precision: MatmulPrecision) -> String {
+    let on_cpu = crate::device::chosen() == crate::device::Backend::Cpu;
+    match (precision, crate::ops::amx::kernel()) {
+        (MatmulPrecision::Highest, _) => String::new(),
+        _ if !on_cpu => String::new(),
+        (MatmulPrecision::Medium, Some(kernel)) => {
+            format!(", bfloat16 convolutions on {}", kernel.describe())
+        }
+        (MatmulPrecision::Medium, None) => {
+            ", f32: this CPU has neither AMX tiles nor AVX512-BF16 for bfloat16".into()
+        }
+    }
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
@@ -543,7 +553,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &run.path,
         args.weights,
         Some(&dataset.train),
-        &device(),
+        &device()?,
     )?;
     if let Some(path) = &args.logits {
         let logits = predictor.logits(&dataset.test);
@@ -606,7 +616,7 @@ fn eval_ensemble(args: &EvalArgs) -> Result<()> {
     let mut rows = Vec::new();
     for dir in &args.runs {
         let predictor =
-            crate::inference::Predictor::load(dir, args.weights, Some(&dataset.train), &device())?;
+            crate::inference::Predictor::load(dir, args.weights, Some(&dataset.train), &device()?)?;
         let probabilities = predictor.probabilities(&dataset.test);
         let (loss, accuracy) = crate::evaluation::probability_scores(&probabilities, labels);
         rows.push(json!({"run": dir, "loss": loss, "accuracy": accuracy}));
@@ -649,7 +659,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         Normalization::Standardize => Some(data::obtain(&args.data.options())?),
         Normalization::Scale => None,
     };
-    let device = device();
+    let device = device()?;
     let predictor = Predictor::load(
         &args.run,
         args.weights,
@@ -725,6 +735,7 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
             if let Some(t) = threads {
                 cmd.args(["--threads", &t.to_string()]);
             }
+            cmd.args(["--device", crate::device::chosen().name()]);
             cmd.args(["bench", "--in-process", w.name()]);
             if let Some(e) = args.epochs {
                 cmd.args(["--epochs", &e.to_string()]);
@@ -749,10 +760,10 @@ pub fn bench(args: BenchArgs, threads: Option<usize>) -> Result<()> {
         return Ok(());
     }
     let dataset = data::obtain(&args.data.options())?;
-    let device = device();
+    let device = device()?;
     for w in workloads {
         if !args.json {
-            println!("== {} ({} threads)", w.name(), rayon::current_num_threads());
+            println!("== {} on {}", w.name(), crate::device::current()?.label);
         }
         // A line per epoch (or step), then the JSON line, as the peer scripts print them.
         let line = match args.batches {

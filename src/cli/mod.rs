@@ -26,6 +26,9 @@ pub struct Cli {
     /// Worker threads for tensor operations (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Compute device (default: the first of cuda, wgpu and cpu that this build has).
+    #[arg(long, global = true, value_enum, value_name = "DEVICE")]
+    pub device: Option<crate::device::Backend>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -131,6 +134,9 @@ pub struct RecipeArgs {
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Train each epoch on only this many batches of its shuffle (Keras's steps_per_epoch).
+    #[arg(long, value_name = "N")]
+    pub steps_per_epoch: Option<usize>,
     /// Seeds initialisation, shuffling and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -218,6 +224,7 @@ impl RecipeArgs {
         f.give("dropout", self.dropout)?;
         f.give("epochs", self.epochs)?;
         f.give("batch_size", self.batch_size)?;
+        f.give("steps_per_epoch", self.steps_per_epoch)?;
         f.give("seed", self.seed)?;
         f.give("optimizer", self.optimizer)?;
         f.give("lr", self.lr)?;
@@ -457,6 +464,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if cli.threads == Some(0) {
         return Err(Error::Usage("--threads 0: give at least 1 thread".into()));
     }
+    crate::device::choose(cli.device)?;
     crate::fsio::flush_denormals();
     let mut pool =
         rayon::ThreadPoolBuilder::new().start_handler(|_| crate::fsio::flush_denormals());
@@ -469,7 +477,7 @@ pub fn run(cli: Cli) -> Result<()> {
     // Run the command on one of the pool's workers: a parallel operation started from a worker
     // shares the work with the other workers instead of handing all of it over and sleeping until
     // it is done, which saves a thread wake-up per operation (about 15 us, thousands per epoch).
-    rayon::scope(|_| dispatch(cli))
+    crate::device::guard(|| rayon::scope(|_| dispatch(cli)))
 }
 
 /// Stack of each worker thread, the command's included (as large as the main thread's).

@@ -177,7 +177,7 @@ mod tests {
         let (split, batcher, device) = (
             split(300),
             Batcher::new(Default::default(), (0.0, 1.0)),
-            Device::default(),
+            Device::flex(),
         );
         let prefetcher = Prefetcher::new(&batcher, &split);
         let first: Vec<usize> = (0..300).rev().step_by(3).collect();

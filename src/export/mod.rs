@@ -8,8 +8,6 @@ pub mod safetensors;
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
-
 use crate::data::{CLASS_NAMES, Split};
 use crate::error::Result;
 use crate::fsio;
@@ -36,7 +34,7 @@ pub fn export(
 ) -> Result<Vec<PathBuf>> {
     let run = RunDir::open(run_dir)?;
     let config = run.read_config()?;
-    let device = Device::default();
+    let device = crate::device::current()?.device.clone();
     let model = run.load_weights(config.model.init(&device), which)?;
     let layers = model.layers();
     let (mean, std) = crate::inference::input_stats(&config, train)?;

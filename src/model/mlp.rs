@@ -63,20 +63,19 @@ pub fn dense(d_input: usize, d_output: usize, device: &Device) -> Linear {
     }
 }
 
-/// `layer` applied to `x` (then ReLU when `relu`) by the fused dense kernel.
+/// `layer` applied to `x` (then the activation `act`, if any) by the fused dense kernel.
 ///
 /// # Shapes
 ///   - x: `[batch, inputs]`
 ///   - output: `[batch, outputs]`
-pub fn dense_forward(layer: &Linear, x: Tensor<2>, relu: bool) -> Tensor<2> {
+pub fn dense_forward(layer: &Linear, x: Tensor<2>, act: Option<ActivationKind>) -> Tensor<2> {
     match &layer.bias {
-        Some(bias) => crate::ops::dense(x, layer.weight.val(), bias.val(), relu),
+        Some(bias) => crate::ops::dense(x, layer.weight.val(), bias.val(), act),
         None => {
             let y = layer.forward(x);
-            if relu {
-                burn::tensor::activation::relu(y)
-            } else {
-                y
+            match act {
+                Some(kind) => crate::ops::activation(y, kind),
+                None => y,
             }
         }
     }
@@ -128,12 +127,13 @@ impl Mlp {
     ///   - output: `[batch, 10]` logits
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x: Tensor<2> = images.flatten(1, 3); // [batch, 784]
-        let fuse_relu = self.activation == ActivationKind::Relu && self.norms.is_empty();
+        // Without batch normalisation between them, the activation runs inside the dense kernel.
+        let fused = self.norms.is_empty();
         for (i, layer) in self.hidden.iter().enumerate() {
-            if fuse_relu {
-                x = dense_forward(layer, x, true); // [batch, hidden], activated
+            if fused {
+                x = dense_forward(layer, x, Some(self.activation)); // [batch, hidden], activated
             } else {
-                x = dense_forward(layer, x, false); // [batch, hidden]
+                x = dense_forward(layer, x, None); // [batch, hidden]
                 if let Some(norm) = self.norms.get(i) {
                     x = norm.forward(x);
                 }
@@ -141,7 +141,7 @@ impl Mlp {
             }
             x = self.dropout.forward(x);
         }
-        dense_forward(&self.output, x, false) // [batch, 10]
+        dense_forward(&self.output, x, None) // [batch, 10]
     }
 }
 

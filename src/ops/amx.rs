@@ -1,12 +1,20 @@
-//! Matrix products in bfloat16 on Intel AMX tiles, accumulated in `f32`: the kernel behind the
-//! `medium` matmul precision (PyTorch's `torch.set_float32_matmul_precision("medium")`), about
-//! 3 TFLOP/s per core against the 0.2 TFLOP/s of `f32` AVX-512 on this machine's CPU.
+//! Matrix products in bfloat16, accumulated in `f32`: the kernel behind the `medium` matmul
+//! precision (PyTorch's `torch.set_float32_matmul_precision("medium")`). On Intel AMX tiles
+//! (about 3 TFLOP/s per core against the 0.2 TFLOP/s of `f32` AVX-512 on the project's Xeon), or,
+//! on CPUs with AVX512-BF16 but no tiles (AMD Zen 4 and Zen 5), with `vdpbf16ps` ([`dot`]).
 //!
 //! Operands are laid out as the tiles read them: `a` is row-major bf16, `b` is "pair-interleaved"
 //! (element `(k, j)` in half `k % 2` of `b[(k / 2) * ldb + j]`, the VNNI layout), and the caller pads
 //! `m` and `n` to multiples of 16 and `k` to a multiple of 32 with zeros.
+//!
+//! `FMNIST_BF16_KERNEL=tiles|avx512bf16|none` overrides the choice (for comparing the two on a CPU
+//! that has both); a kernel the CPU lacks is never used.
+
+#[cfg(target_arch = "x86_64")]
+mod dot;
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The matrix precision of the fast kernels, as PyTorch names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -24,19 +32,108 @@ static MEDIUM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 
 /// Sets the process-wide matmul precision (as `torch.set_float32_matmul_precision`).
 pub fn set_matmul_precision(precision: MatmulPrecision) {
-    MEDIUM.store(
-        precision == MatmulPrecision::Medium,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    MEDIUM.store(precision == MatmulPrecision::Medium, Ordering::Relaxed);
 }
 
-/// Whether convolutions should use the bf16 tiles now: `medium` precision on a CPU that has them.
+/// Whether convolutions should multiply in bfloat16 now: `medium` precision on a CPU with a
+/// bfloat16 kernel.
 pub fn use_bf16() -> bool {
-    MEDIUM.load(std::sync::atomic::Ordering::Relaxed) && available()
+    MEDIUM.load(Ordering::Relaxed) && available()
+}
+
+/// The two bfloat16 kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// AMX tiles (`tdpbf16ps`): Intel Sapphire Rapids and later.
+    Tiles,
+    /// AVX512-BF16 dot products (`vdpbf16ps`): AMD Zen 4 and later, Intel Cooper Lake and later.
+    DotProduct,
+}
+
+impl Bf16Kernel {
+    /// How the training line names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Bf16Kernel::Tiles => "AMX tiles",
+            Bf16Kernel::DotProduct => "AVX512-BF16 (vdpbf16ps)",
+        }
+    }
+}
+
+/// Whether this CPU has a bfloat16 kernel (see [`kernel`]).
+pub fn available() -> bool {
+    kernel().is_some()
+}
+
+/// The bfloat16 kernel products use: the tiles where the CPU has them, else AVX512-BF16, unless
+/// `FMNIST_BF16_KERNEL` or [`with_kernel`] says otherwise.
+pub fn kernel() -> Option<Bf16Kernel> {
+    match FORCED.load(Ordering::Relaxed) {
+        FORCED_TILES => return tiles_available().then_some(Bf16Kernel::Tiles),
+        FORCED_DOT => return dot_available().then_some(Bf16Kernel::DotProduct),
+        _ => {}
+    }
+    static CHOSEN: OnceLock<Option<Bf16Kernel>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let (tiles, dot) = (
+            tiles_available().then_some(Bf16Kernel::Tiles),
+            dot_available().then_some(Bf16Kernel::DotProduct),
+        );
+        match std::env::var("FMNIST_BF16_KERNEL").as_deref() {
+            Ok("tiles") => tiles,
+            Ok("avx512bf16") => dot,
+            Ok("none") => None,
+            _ => tiles.or(dot),
+        }
+    })
+}
+
+const FORCED_TILES: u8 = 1;
+const FORCED_DOT: u8 = 2;
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// Runs `f` with products on `kernel` (where the CPU has it; else in `f32`), one caller at a
+/// time: for tests that compare the kernels within one process.
+pub fn with_kernel<R>(kernel: Bf16Kernel, f: impl FnOnce() -> R) -> R {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let code = match kernel {
+        Bf16Kernel::Tiles => FORCED_TILES,
+        Bf16Kernel::DotProduct => FORCED_DOT,
+    };
+    FORCED.store(code, Ordering::Relaxed);
+    let result = f();
+    FORCED.store(0, Ordering::Relaxed);
+    result
+}
+
+/// Whether the CPU has AVX-512 F, BW and VL (which the layout loops are compiled for).
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`).
+fn dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512_available() && is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the CPU has AMX-BF16 tiles and Linux lets this process use them (asked once).
-pub fn available() -> bool {
+pub fn tiles_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(detect)
 }
@@ -49,10 +146,7 @@ fn detect() -> bool {
     if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
         return false;
     }
-    if !(is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl"))
-    {
+    if !avx512_available() {
         return false;
     }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -72,14 +166,14 @@ fn detect() -> bool {
     false
 }
 
-/// Runs `f` compiled for AVX-512 (16 `f32` lanes instead of the baseline's 4) where the tiles are
-/// [`available`] (which implies AVX-512), as compiled otherwise: the tile path's conversions and
-/// copies, which the compiler vectorises from plain loops.
+/// Runs `f` compiled for AVX-512 (16 `f32` lanes instead of the baseline's 4) where the CPU has
+/// it, as compiled otherwise: the bfloat16 path's conversions and copies, which the compiler
+/// vectorises from plain loops.
 #[inline(always)]
 pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: `available` checked that the CPU has AVX-512 F/BW/VL.
+    if avx512_available() {
+        // SAFETY: `avx512_available` checked that the CPU has AVX-512 F/BW/VL.
         return unsafe { avx512(f) };
     }
     f()
@@ -259,8 +353,8 @@ const CONFIG: TileConfig = {
     TileConfig(bytes)
 };
 
-/// `c[m×n] (+)= a[m×k] · b[k×n]` on AMX tiles (see the module comment for the layouts); `lda`,
-/// `ldb` and `ldc` are row strides in elements. Requires [`available`].
+/// `c[m×n] (+)= a[m×k] · b[k×n]` on the [`kernel`] (see the module comment for the layouts);
+/// `lda`, `ldb` and `ldc` are row strides in elements. Requires [`available`].
 ///
 /// # Panics
 /// When a size is not padded or a slice is too short for the strides.
@@ -277,7 +371,7 @@ pub fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
-    assert!(available(), "AMX tiles are not available");
+    let kernel = kernel().expect("no bfloat16 kernel on this CPU");
     assert!(
         m.is_multiple_of(16) && n.is_multiple_of(16) && k.is_multiple_of(32),
         "unpadded sizes"
@@ -301,7 +395,14 @@ pub fn gemm(
         ldc,
         accumulate,
     };
-    unsafe { tiles::product(m, n, &product) }
+    match kernel {
+        Bf16Kernel::Tiles => unsafe { tiles::product(m, n, &product) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` checked AVX-512 F and BF16.
+        Bf16Kernel::DotProduct => unsafe { dot::product(m, n, &product) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Bf16Kernel::DotProduct => unreachable!("AVX512-BF16 exists only on x86-64"),
+    }
 }
 
 /// The operands of one product (see [`gemm`]); strides in elements.
@@ -455,7 +556,7 @@ mod tiles {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bf16_value(bits: u16) -> f32 {
@@ -477,12 +578,29 @@ mod tests {
 
     /// Products of bf16-exact values (small integers) are exact in `f32`, so the tiles must give
     /// the reference product to the last bit, for every block shape and with accumulation.
-    #[test]
-    fn tile_product_matches_a_reference_exactly() {
-        if !available() {
-            eprintln!("no AMX tiles on this CPU: skipped");
-            return;
+    /// The kernels this CPU has (the tests run each).
+    pub fn kernels_here() -> Vec<Bf16Kernel> {
+        let mut kernels = Vec::new();
+        if tiles_available() {
+            kernels.push(Bf16Kernel::Tiles);
         }
+        if dot_available() {
+            kernels.push(Bf16Kernel::DotProduct);
+        }
+        if kernels.is_empty() {
+            eprintln!("no bfloat16 kernel on this CPU: skipped");
+        }
+        kernels
+    }
+
+    #[test]
+    fn tile_and_dot_products_match_a_reference_exactly() {
+        for kernel in kernels_here() {
+            with_kernel(kernel, exact_products);
+        }
+    }
+
+    fn exact_products() {
         let (m, n, k) = (48, 80, 96);
         let av: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
         let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 13) as f32) - 6.0).collect();

@@ -61,13 +61,18 @@ impl Backward<Flex, 3> for ConvBackward {
 struct DenseBackward;
 
 impl Backward<Flex, 3> for DenseBackward {
-    /// The input, the weight, the output and whether ReLU is fused.
-    type State = (FlexTensor, FlexTensor, FlexTensor, bool);
+    /// The input, the weight, the output and the fused activation.
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        Option<crate::model::ActivationKind>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, weight, y, relu) = ops.state;
+        let (x, weight, y, act) = ops.state;
         let s = dense_shape(&x, &weight);
         let (dw, db, dx) = dense::backward(
             &s,
@@ -75,7 +80,7 @@ impl Backward<Flex, 3> for DenseBackward {
             &values(&weight),
             &values(&y),
             &values(&dy),
-            fused(relu),
+            fused(act),
             node_x.is_some(),
         );
         let [x_id, w_id, b_id] = [node_x, node_w, node_b].map(|node| node.map(|n| n.id));
@@ -351,7 +356,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        relu: bool,
+        act: Option<crate::model::ActivationKind>,
     ) -> FloatTensor<Self> {
         match DenseBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -360,14 +365,14 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let y = Flex::fast_dense(x.clone(), weight.clone(), bias.into_primitive(), relu);
-                prep.finish((x, weight, y.clone(), relu), y)
+                let y = Flex::fast_dense(x.clone(), weight.clone(), bias.into_primitive(), act);
+                prep.finish((x, weight, y.clone(), act), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::fast_dense(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
-                relu,
+                act,
             )),
         }
     }

@@ -20,6 +20,9 @@ const NARROW_MIN_INPUTS: usize = 32;
 pub enum Fused {
     Identity,
     Relu,
+    /// One whose gradient follows from its output (not GELU, see
+    /// [`super::activation::backward_needs_input`]).
+    Activation(crate::model::ActivationKind),
 }
 
 /// Shapes of one dense layer: `x` is `[rows, inputs]`, `w` is `[inputs, outputs]`.
@@ -51,8 +54,10 @@ pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], b: &[f32], act: Fused) -> V
             (s.outputs as isize, 1),
         );
     }
-    if act == Fused::Relu {
-        y.iter_mut().for_each(|v| *v = v.max(0.0));
+    match act {
+        Fused::Identity => {}
+        Fused::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Fused::Activation(kind) => super::activation::forward_in_place(kind, &mut y),
     }
     y
 }
@@ -82,6 +87,10 @@ pub fn backward(
                 .zip(y)
                 .map(|(&d, &o)| if o > 0.0 { d } else { 0.0 })
                 .collect::<Vec<f32>>();
+            &masked
+        }
+        Fused::Activation(kind) => {
+            masked = super::activation::backward(kind, y, dy);
             &masked
         }
     };

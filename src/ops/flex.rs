@@ -110,8 +110,12 @@ pub(super) fn dense_shape(x: &FlexTensor, weight: &FlexTensor) -> DenseShape {
     }
 }
 
-pub(super) fn fused(relu: bool) -> Fused {
-    if relu { Fused::Relu } else { Fused::Identity }
+pub(super) fn fused(act: Option<crate::model::ActivationKind>) -> Fused {
+    match act {
+        None => Fused::Identity,
+        Some(crate::model::ActivationKind::Relu) => Fused::Relu,
+        Some(kind) => Fused::Activation(kind),
+    }
 }
 
 impl CpuKernels for Flex {
@@ -182,14 +186,19 @@ impl CpuKernels for Flex {
         tensor(relu::add_forward(&values(&a), &values(&b)), a.shape())
     }
 
-    fn fast_dense(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
+    fn fast_dense(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        act: Option<crate::model::ActivationKind>,
+    ) -> FlexTensor {
         let s = dense_shape(&x, &weight);
         let y = dense::forward(
             &s,
             &values(&x),
             &values(&weight),
             &values(&bias),
-            fused(relu),
+            fused(act),
         );
         tensor(y, [s.rows, s.outputs])
     }

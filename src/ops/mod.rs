@@ -16,6 +16,7 @@ mod flex;
 #[cfg(target_arch = "x86_64")]
 pub mod lanes;
 pub mod loss;
+pub mod math;
 mod matmul;
 pub mod norm;
 pub mod pool;
@@ -49,12 +50,14 @@ pub trait CpuKernels: burn::backend::Backend {
         bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self>;
-    /// Dense layer `x · weight + bias` (`weight` is `[inputs, outputs]`), then ReLU when `relu`.
+    /// Dense layer `x · weight + bias` (`weight` is `[inputs, outputs]`), then the activation
+    /// `act` if any (not GELU, whose gradient needs the input: see
+    /// [`activation::backward_needs_input`]).
     fn fast_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        relu: bool,
+        act: Option<crate::model::ActivationKind>,
     ) -> FloatTensor<Self>;
     /// Mean softmax cross-entropy of `logits` `[rows, classes]` against class indices `targets`
     /// `[rows]`, with label smoothing; `[1]`.
@@ -198,27 +201,39 @@ pub fn conv2d_pool(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: us
     max_pool2x2(conv2d(x, weight, bias, padding))
 }
 
-/// Dense layer `x · weight + bias`, then ReLU when `relu`: one fused kernel on flex, Burn's
-/// operations elsewhere.
+/// Dense layer `x · weight + bias`, then the activation `act` if any: one fused kernel on flex
+/// (GELU, whose gradient needs its input, as a pass of its own after it), Burn's operations
+/// elsewhere.
 ///
 /// # Shapes
 ///   - x: `[batch, inputs]`, weight: `[inputs, outputs]`, bias: `[outputs]`
 ///   - output: `[batch, outputs]`
-pub fn dense(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu: bool) -> Tensor<2> {
+pub fn dense(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    act: Option<crate::model::ActivationKind>,
+) -> Tensor<2> {
     if is_flex(&x.device()) {
-        let out = <Dispatch as CpuKernels>::fast_dense(
+        let (fused, after) = match act {
+            Some(kind) if activation::backward_needs_input(kind) => (None, Some(kind)),
+            act => (act, None),
+        };
+        let out = Tensor::from_dispatch(<Dispatch as CpuKernels>::fast_dense(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
-            relu,
-        );
-        return Tensor::from_dispatch(out);
+            fused,
+        ));
+        return match after {
+            Some(kind) => self::activation(out, kind),
+            None => out,
+        };
     }
     let y = x.matmul(weight) + bias.unsqueeze();
-    if relu {
-        burn::tensor::activation::relu(y)
-    } else {
-        y
+    match act {
+        Some(kind) => self::activation(y, kind),
+        None => y,
     }
 }
 

@@ -47,6 +47,82 @@ pub struct GroupReport {
     pub figure_svg: String,
     /// The group's most accurate run evaluated in detail, when the data was at hand.
     pub best_run: Option<BestRun>,
+    pub summary: GroupSummary,
+}
+
+/// A group in one line of the report's summary: its runs' final test accuracy as mean and
+/// spread (seeds of one recipe, or the settings a group compares), beside a published result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupSummary {
+    pub runs: usize,
+    /// The model's parameters (the largest, when the runs' models differ).
+    pub parameters: usize,
+    pub accuracy_mean: f64,
+    /// Sample standard deviation; 0 for one run.
+    pub accuracy_sd: f64,
+    pub accuracy_min: f64,
+    pub accuracy_max: f64,
+    /// Mean wall time of training one run, evaluation included.
+    pub seconds_mean: f64,
+    pub reference: String,
+}
+
+/// The summary line of a group's complete runs (time last, as it is the one cell that differs
+/// between two trainings of the same runs).
+pub fn summarise(runs: &[CompletedRun], reference: &str) -> GroupSummary {
+    let accuracies: Vec<f64> = runs.iter().map(|r| r.result.test_acc).collect();
+    let n = accuracies.len().max(1) as f64;
+    let mean = accuracies.iter().sum::<f64>() / n;
+    let sd = if accuracies.len() > 1 {
+        (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    GroupSummary {
+        runs: runs.len(),
+        parameters: runs.iter().map(|r| r.result.parameters).max().unwrap_or(0),
+        accuracy_mean: mean,
+        accuracy_sd: sd,
+        accuracy_min: accuracies.iter().copied().fold(f64::INFINITY, f64::min),
+        accuracy_max: accuracies.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        seconds_mean: runs.iter().map(|r| r.result.total_seconds).sum::<f64>() / n,
+        reference: reference.to_string(),
+    }
+}
+
+const SUMMARY_HEADER: [&str; 6] = [
+    "group",
+    "runs",
+    "parameters",
+    "final test acc, mean (sd) [min-max]",
+    "published",
+    "time per run",
+];
+
+fn summary_cells(g: &GroupReport) -> [String; 6] {
+    let s = &g.summary;
+    [
+        g.title.clone(),
+        s.runs.to_string(),
+        s.parameters.to_string(),
+        if s.runs > 1 {
+            format!(
+                "{:.2}% ({:.2}) [{:.2}-{:.2}]",
+                s.accuracy_mean * 100.0,
+                s.accuracy_sd * 100.0,
+                s.accuracy_min * 100.0,
+                s.accuracy_max * 100.0
+            )
+        } else {
+            format!("{:.2}%", s.accuracy_mean * 100.0)
+        },
+        s.reference.clone(),
+        if s.seconds_mean >= 120.0 {
+            format!("{:.1} min", s.seconds_mean / 60.0)
+        } else {
+            format!("{:.1} s", s.seconds_mean)
+        },
+    ]
 }
 
 /// Per-class accuracy, confusion matrix and misclassified images of a group's best run.
@@ -153,6 +229,7 @@ pub fn write_study_report(
                 Some((data, device)) => best_run(&group.name, runs, data, device, &plots_dir)?,
                 None => None,
             },
+            summary: summarise(runs, &group.reference),
         });
     }
     fsio::write_text(&out_dir.join("report.md"), &markdown(study, &reports))?;
@@ -200,6 +277,16 @@ pub fn markdown(study: &Study, groups: &[GroupReport]) -> String {
          train loss at the last epoch.\n",
         study.source.display()
     );
+    let _ = writeln!(out, "| {} |", SUMMARY_HEADER.join(" | "));
+    let _ = writeln!(out, "|{}", " --- |".repeat(SUMMARY_HEADER.len()));
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "| {} |",
+            summary_cells(g).join(" | ").replace('\n', " ")
+        );
+    }
+    out.push('\n');
     for g in groups {
         let _ = writeln!(out, "## {}\n", g.title);
         if !g.description.is_empty() {
@@ -271,6 +358,25 @@ pub fn html(study: &Study, groups: &[GroupReport], out_dir: &Path) -> Result<Str
          is test loss minus train loss at the last epoch. Figures: solid lines test, dashed lines train.</p>",
         escape(&study.source.display().to_string())
     );
+    out.push_str("<table class=\"summary\">\n<tr>");
+    for h in SUMMARY_HEADER {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr>\n");
+    for g in groups {
+        let cells = summary_cells(g);
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"#{}\">{}</a></td>",
+            escape(&g.name),
+            escape(&cells[0])
+        );
+        for c in &cells[1..] {
+            let _ = write!(out, "<td>{}</td>", escape(c));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
     for g in groups {
         html_group(&mut out, g, out_dir)?;
     }

@@ -47,6 +47,9 @@ pub struct Group {
     pub name: String,
     pub title: String,
     pub description: String,
+    /// A published result to compare the group with ("84.2%, logistic regression, Xiao et al.
+    /// 2017"), shown beside it in the report's summary.
+    pub reference: String,
     pub runs: Vec<PlannedRun>,
 }
 
@@ -154,6 +157,8 @@ struct GroupFile {
     #[serde(default)]
     description: String,
     #[serde(default)]
+    reference: String,
+    #[serde(default)]
     defaults: Settings,
     #[serde(default, rename = "run")]
     runs: Vec<Settings>,
@@ -232,6 +237,7 @@ impl Context<'_> {
                     g.title.clone()
                 },
                 description: g.description.clone(),
+                reference: g.reference.clone(),
                 runs,
             });
         }

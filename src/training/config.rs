@@ -132,6 +132,10 @@ pub struct TrainConfig {
     pub seed: u64,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Batches per epoch, as Keras's `steps_per_epoch`: each epoch trains on this many batches of
+    /// its shuffle (a quick check of a large model); 0 takes the whole training set.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub steps_per_epoch: usize,
     /// Batch size for evaluation (memory only; results do not depend on it).
     pub eval_batch_size: usize,
     pub model: ModelConfig,
@@ -162,6 +166,7 @@ impl Default for TrainConfig {
             seed: 42,
             epochs: 50,
             batch_size: 1024,
+            steps_per_epoch: 0,
             eval_batch_size: 2000,
             model: ModelConfig::default(),
             optimizer: OptimizerConfig::default(),
@@ -273,7 +278,24 @@ impl TrainConfig {
 
     /// The configuration as a TOML table, to set keys in by name ([`super::settings::set`]).
     pub fn to_table(&self) -> toml::Table {
-        toml::Table::try_from(self).expect("a TrainConfig always serialises to a TOML table")
+        let mut table =
+            toml::Table::try_from(self).expect("a TrainConfig always serialises to a TOML table");
+        // Left out of files (and of a study run's hash) when 0, but settable by name.
+        table
+            .entry("steps_per_epoch")
+            .or_insert(toml::Value::Integer(0));
+        table
+    }
+
+    /// The evaluation batch on `device`: `eval_batch_size` on the CPU; off it no larger than the
+    /// training batch, which is known to fit (a GPU driver caps each buffer: llvmpipe refused the
+    /// 173 MB first activation of the CNN at 2000 images).
+    pub fn eval_batch_on(&self, device: &burn::prelude::Device) -> usize {
+        if crate::ops::is_flex(device) {
+            self.eval_batch_size
+        } else {
+            self.eval_batch_size.min(self.batch_size)
+        }
     }
 
     /// The configuration without its provenance, for comparing two runs' recipes.
@@ -383,4 +405,8 @@ mod tests {
         assert_eq!(TrainConfig::from_toml(&c.to_toml(), "back")?, c);
         Ok(())
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

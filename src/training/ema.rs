@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn averages_with_the_warmed_up_decay_and_applies_the_average() {
-        let device = Device::default();
+        let device = Device::flex();
         let first = ModelConfig::linear().init(&device);
         let second = first.clone().map(&mut Shift(-1.5));
         let mut ema = Ema::new(0.99, &first, 0);

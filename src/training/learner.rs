@@ -11,6 +11,7 @@ use super::config::TrainConfig;
 use super::ema::Ema;
 use super::lookahead::Lookahead;
 use super::run_dir::RunDir;
+use super::shadow::ShadowWeights;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -26,7 +27,15 @@ impl Learner {
     /// A fresh model of `config` on `train_device` (with autodiff), initialised from the
     /// device's random generator.
     pub fn new(config: &TrainConfig, train_device: &Device) -> Self {
-        let model = config.model.init(train_device);
+        let model = if crate::ops::is_flex(train_device) {
+            config.model.init(train_device)
+        } else {
+            // Drawn on the CPU from the run's seed and copied over, so that a seed starts from
+            // the same weights on every backend.
+            let host = Device::flex();
+            host.seed(config.seed);
+            ShadowWeights::of(&config.model.init(&host)).write_into(config.model.init(train_device))
+        };
         Learner {
             ema: (config.ema_decay > 0.0).then(|| Ema::new(config.ema_decay, &model, 0)),
             lookahead: config

@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn synchronises_every_k_steps() {
-        let device = Device::default();
+        let device = Device::flex();
         let start = ModelConfig::linear().init(&device);
         let config = LookaheadConfig {
             steps: 2,

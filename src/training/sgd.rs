@@ -178,7 +178,7 @@ pub(super) mod tests {
     pub(in crate::training) fn weights_after_steps(
         mut optimizer: ModuleOptimizer,
     ) -> Vec<Vec<f32>> {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let mut layer: Linear = LinearConfig::new(37, 5).init(&device);
         layer.weight = Param::from_tensor(Tensor::from_data(
             TensorData::new(values(37 * 5, 1), [37, 5]),
@@ -236,7 +236,7 @@ pub(super) mod tests {
 
     #[test]
     fn velocity_is_recorded_under_burns_names_and_restored() {
-        let velocity = Tensor::<2>::from_data([[1.0f32, -2.0], [0.5, 3.0]], &Device::default());
+        let velocity = Tensor::<2>::from_data([[1.0f32, -2.0], [0.5, 3.0]], &Device::flex());
         let state = SgdState {
             velocity: Some(velocity),
         };
@@ -248,14 +248,14 @@ pub(super) mod tests {
         for (name, data) in sink.tensors {
             source.insert_tensor(name, data);
         }
-        let restored = SgdState::<2>::state_unflatten("p0", &mut source, &Device::default());
+        let restored = SgdState::<2>::state_unflatten("p0", &mut source, &Device::flex());
         let restored = restored.and_then(|s| s.velocity).map(|v| v.into_data());
         assert_eq!(
             restored.map(|d| d.try_to_vec::<f32>().unwrap_or_default()),
             Some(vec![1.0, -2.0, 0.5, 3.0])
         );
         let empty =
-            SgdState::<2>::state_unflatten("p1", &mut StateSource::default(), &Device::default());
+            SgdState::<2>::state_unflatten("p1", &mut StateSource::default(), &Device::flex());
         assert!(empty.is_some_and(|s| s.velocity.is_none()));
     }
 }

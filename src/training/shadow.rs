@@ -117,7 +117,7 @@ pub(super) mod tests {
 
     #[test]
     fn folds_and_writes_back_keeping_gradients() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let model = ModelConfig::linear().init(&device);
         let start = ShadowWeights::of(&model);
         let mut shadow = start.clone();

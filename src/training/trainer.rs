@@ -333,7 +333,11 @@ impl<'a> Trainer<'a> {
     }
 
     fn batches(&self) -> usize {
-        self.train_split.len().div_ceil(self.config.batch_size)
+        let all = self.train_split.len().div_ceil(self.config.batch_size);
+        match self.config.steps_per_epoch {
+            0 => all,
+            steps => steps.min(all),
+        }
     }
 
     /// The rate for batch `batch` of `epoch`: cosine, one-cycle and warm-up move it every
@@ -370,7 +374,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<(Learner, f64)> {
         let (epoch, batches) = (position.epoch, self.batches());
         let mut epoch_clock = Instant::now();
-        let chunks = order.chunks(self.config.batch_size);
+        let chunks = order.chunks(self.config.batch_size).take(batches);
         for (b, indices) in chunks.clone().enumerate().skip(position.batch) {
             self.check_abandoned()?;
             let next = chunks.clone().nth(b + 1);
@@ -473,7 +477,7 @@ impl<'a> Trainer<'a> {
             &self.val_split,
             &self.batcher,
             self.device,
-            config.eval_batch_size,
+            config.eval_batch_on(self.device),
             Tta::NONE,
         );
         let seen = position.seen.max(1) as f64;
@@ -533,7 +537,7 @@ impl<'a> Trainer<'a> {
                 &self.data.test,
                 &self.batcher,
                 self.device,
-                config.eval_batch_size,
+                config.eval_batch_on(self.device),
                 config.data.tta(),
             );
             (scores.loss, scores.accuracy)

@@ -1,5 +1,5 @@
-//! The convolution's products in bfloat16 on AMX tiles with `f32` sums (the `medium` matmul
-//! precision): per image, the forward `out = weight · cols`, and in the backward pass
+//! The convolution's products in bfloat16 with `f32` sums (the `medium` matmul precision, on AMX
+//! tiles or AVX512-BF16, see [`amx`]): per image, the forward `out = weight · cols`, and in the backward pass
 //! `dweightᵀ += cols · dconvᵀ` and `dcols = weightᵀ · dconv`, each operand converted to the
 //! tiles' layout ([`amx`]) with the padding the tiles need.
 
@@ -408,10 +408,12 @@ mod tests {
 
     #[test]
     fn bfloat16_tiles_match_the_f32_path_on_exact_values() {
-        if !amx::available() {
-            eprintln!("no AMX tiles on this CPU: skipped");
-            return;
+        for kernel in amx::tests::kernels_here() {
+            amx::with_kernel(kernel, exact_values_give_the_f32_results);
         }
+    }
+
+    fn exact_values_give_the_f32_results() {
         // Channel and pixel counts that are not multiples of 16, an odd image side.
         for (in_channels, out_channels, side, padding) in [(1, 20, 9, 1), (3, 40, 11, 0)] {
             let s = ConvShape {
@@ -451,10 +453,12 @@ mod tests {
     /// is the `f32` path's on the rounded operands, up to the order of the sums.
     #[test]
     fn bfloat16_tiles_compute_the_products_of_the_rounded_operands() {
-        if !amx::available() {
-            eprintln!("no AMX tiles on this CPU: skipped");
-            return;
+        for kernel in amx::tests::kernels_here() {
+            amx::with_kernel(kernel, general_values_give_the_rounded_products);
         }
+    }
+
+    fn general_values_give_the_rounded_products() {
         let s = ConvShape {
             batch: 4,
             in_channels: 32,

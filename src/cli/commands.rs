@@ -111,7 +111,7 @@ fn provenance(label: String, dataset: &data::FashionMnist) -> Provenance {
 }
 
 pub fn study(args: StudyArgs, threads: Option<usize>) -> Result<()> {
-    let study = crate::study::Study::load(&args.file)?;
+    let study = only_groups(crate::study::Study::load(&args.file)?, &args.groups)?;
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let stem = args
             .file
@@ -196,6 +196,26 @@ pub fn study(args: StudyArgs, threads: Option<usize>) -> Result<()> {
     study_report(&study, &out_dir, groups, &missing, &dataset, &device)
 }
 
+/// The study with only the groups `--group` names (all of them when it names none).
+fn only_groups(mut study: crate::study::Study, names: &[String]) -> Result<crate::study::Study> {
+    if names.is_empty() {
+        return Ok(study);
+    }
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !study.groups.iter().any(|g| &g.name == *n))
+    {
+        let known: Vec<&str> = study.groups.iter().map(|g| g.name.as_str()).collect();
+        return Err(Error::Usage(format!(
+            "--group {unknown}: {} has no such group (it has {})",
+            study.source.display(),
+            known.join(", ")
+        )));
+    }
+    study.groups.retain(|g| names.contains(&g.name));
+    Ok(study)
+}
+
 /// How many worker processes a plain `fmnist study` starts on this machine: `--workers`, or one
 /// per core and at most one per unit; 1 (this process) for `--worker`, `--shard`, `--force`, or
 /// when `--threads` already takes every core.
@@ -256,6 +276,9 @@ fn run_local_workers(
         }
         if let Some(mirror) = &args.data.mirror {
             cmd.args(["--mirror", mirror]);
+        }
+        for group in &args.groups {
+            cmd.args(["--group", group]);
         }
         children.push(cmd.spawn().map_err(|e| Error::io(&exe, e))?);
     }

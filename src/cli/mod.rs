@@ -373,6 +373,10 @@ pub struct StudyArgs {
     /// With --status: print JSON.
     #[arg(long, requires = "status")]
     pub json: bool,
+    /// Only this group of the study (repeatable): train and report its runs alone. The runs
+    /// done count for later invocations with other groups or none.
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
     /// Write the report from the runs that are complete, naming those that are missing; train
     /// nothing.
     #[arg(long, conflicts_with_all = ["worker", "shard", "workers"])]

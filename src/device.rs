@@ -78,7 +78,7 @@ pub fn open(backend: Backend) -> Result<Compute> {
         _ => unreachable!("checked by Backend::compiled"),
     };
     let label = match backend {
-        Backend::Cpu => format!("cpu (flex, {} threads)", rayon::current_num_threads()),
+        Backend::Cpu => cpu_label(),
         _ => format!("{} ({})", backend.name(), adapter_name(backend, &device)?),
     };
     Ok(Compute {
@@ -86,6 +86,14 @@ pub fn open(backend: Backend) -> Result<Compute> {
         device,
         label,
     })
+}
+
+/// "cpu (flex, N threads)".
+fn cpu_label() -> String {
+    match rayon::current_num_threads() {
+        1 => "cpu (flex, 1 thread)".into(),
+        n => format!("cpu (flex, {n} threads)"),
+    }
 }
 
 /// The adapter behind a GPU backend's device, opening it. Burn panics when there is none; that

@@ -271,3 +271,80 @@ fn bench_times_training_steps_on_request() {
         "{line}"
     );
 }
+
+/// A backend the binary was built without is one line naming the feature to build with; the
+/// CPU is always there, and the training line names it.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn a_device_not_compiled_in_names_the_feature_and_the_cpu_is_named_in_the_training_line() {
+    assert_usage_error(
+        &fmnist(&["--device", "cuda", "summary"]),
+        "--device cuda: this fmnist was built without the cuda backend; rebuild with `cargo build --release --features cuda`",
+    );
+    let runs = common::TempDir::new("device-cpu");
+    let out = fmnist(&[
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "train",
+        "--preset",
+        "seed-linear",
+        "--epochs",
+        "1",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+        "--name",
+        "one",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("validating on the test set, on cpu (flex, 1 thread) (seed 42)"),
+        "{}",
+        stdout(&out)
+    );
+    let config = std::fs::read_to_string(runs.path().join("one/config.toml")).unwrap();
+    assert!(
+        config.contains("backend = \"cpu (flex, 1 thread)\""),
+        "{config}"
+    );
+}
+
+/// `--steps-per-epoch N` trains N batches of each epoch: the one-cycle rate of each epoch's last
+/// batch is the schedule's at batch N - 1 of N.
+#[test]
+fn steps_per_epoch_trains_that_many_batches_of_each_epoch() {
+    let runs = common::TempDir::new("steps");
+    let out = fmnist(&[
+        "--threads",
+        "2",
+        "train",
+        "--quiet",
+        "--preset",
+        "seed-mlp",
+        "--schedule",
+        "one-cycle",
+        "--steps-per-epoch",
+        "3",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        runs.path().to_str().unwrap(),
+        "--name",
+        "short",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = runs.path().join("short");
+    let config = fmnist::training::RunDir::open(&dir)
+        .unwrap()
+        .read_config()
+        .unwrap();
+    assert_eq!(config.steps_per_epoch, 3);
+    let history = fmnist::training::History::read(&dir).unwrap();
+    for (epoch, record) in history.epochs.iter().enumerate() {
+        let last = config
+            .schedule
+            .lr_at_batch(config.optimizer.lr, epoch, 2, 3, 2);
+        assert_eq!(record.lr_last, Some(last), "epoch {}", epoch + 1);
+    }
+}

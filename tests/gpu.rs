@@ -8,13 +8,13 @@
 //! Why the tolerances hold: both backends compute in `f32` from the same initial weights (drawn
 //! on the CPU from the seed, see `Learner::new`) and the same batches; only the order of the
 //! sums inside products and reductions differs, about 1e-7 relative per operation. Measured on
-//! llvmpipe (docs/gpu.md): the linear model and the MLP agree to 1e-5 in loss after an epoch,
-//! the CNN to 3e-5 and the narrow ResNet to 3.2e-4 after a few Adam steps (Adam divides by the
-//! gradients' size, so tiny differences in near-zero gradients become whole steps), and test
-//! accuracy to 3 of 1,000 images for these barely trained models, whose predictions are often
-//! near ties. The limits are 2e-3 in loss, and 2e-3 (linear, MLP, 10,000 images) or 1e-2 (the
-//! convolutional models, 1,000 images) in accuracy: several times the measured differences, and
-//! far below what a wrong operation gives (a loss off by 0.1 or more).
+//! llvmpipe (docs/gpu.md), largest differences in loss: the linear model 3e-8 after an epoch,
+//! the MLP 4e-4, the CNN 6e-5 after 6 Adam steps, the narrow ResNet 1.7e-3 (Adam divides by the
+//! gradients' size, so tiny differences in near-zero gradients become whole steps, and the batch
+//! normalisations pass them on); in accuracy, up to 5 of 1,000 images for these barely trained
+//! models, whose predictions are often near ties. The limits, several times those: 2e-3 in loss
+//! (1e-2 for the ResNet), and 2e-3 of 10,000 images (linear, MLP) or 1e-2 of 1,000 (CNN; 2e-2
+//! for the ResNet) in accuracy. A wrong operation moves the loss by 0.1 or more.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -194,7 +194,11 @@ fn cnn_and_resnet_steps_on_wgpu_agree_with_the_cpu() {
     }
     let runs = TempDir::new("gpu-conv");
     let data = real_subset(runs.path());
-    for (preset, channels) in [("cnn", None), ("best", Some(vec![8, 16, 32]))] {
+    let limits = [
+        ("cnn", None, 2e-3, 1e-2),
+        ("best", Some(vec![8, 16, 32]), 1e-2, 2e-2),
+    ];
+    for (preset, channels, loss_limit, acc_limit) in limits {
         let file = few_steps_recipe(runs.path(), preset, channels);
         let recipe = [
             "--config",
@@ -207,7 +211,7 @@ fn cnn_and_resnet_steps_on_wgpu_agree_with_the_cpu() {
         let (gpu_line, gpu) = train("wgpu", runs.path(), &format!("{preset}-wgpu"), &recipe);
         assert!(cpu_line.contains("on cpu (flex, 2 threads)"), "{cpu_line}");
         assert!(gpu_line.contains("on wgpu ("), "{gpu_line}");
-        assert_agree(preset, &gpu, &cpu, 2e-3, 1e-2);
+        assert_agree(preset, &gpu, &cpu, loss_limit, acc_limit);
     }
 }
 

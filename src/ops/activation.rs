@@ -111,7 +111,7 @@ pub fn forward(kind: ActivationKind, x: &[f32]) -> Vec<f32> {
 /// `x = f(x)` element-wise, in place (after a dense layer's product).
 pub fn forward_in_place(kind: ActivationKind, x: &mut [f32]) {
     x.par_chunks_mut(MIN_TASK)
-        .for_each(|x| each_in_place(kind, x, |kind, x| apply(kind, x)));
+        .for_each(|x| each_in_place(kind, x, apply));
 }
 
 /// The gradient through `f`: `dy * f'(x)` element-wise, from what the forward pass saved (the

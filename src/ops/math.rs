@@ -1,8 +1,12 @@
 //! Branch-free `f32` exponential, hyperbolic tangent and error function, for loops that the
-//! compiler vectorises (16 lanes under AVX-512, see [`super::amx::vectorised`]): libm's are
-//! scalar calls, about 20 times slower per value. Accuracy against libm, checked by the tests
-//! below over dense grids: `exp` and `tanh` within 2 units in the last place, `erf` within
-//! 5e-7 absolute.
+//! compiler vectorises (16 lanes in the activations' AVX-512 loops, [`super::activation`]);
+//! libm's are scalar calls. No float-to-integer conversion or `floor` either, which baseline
+//! x86-64 code calls out for. Accuracy against libm, checked by the tests below over dense
+//! grids: `exp` and `tanh` within 2 units in the last place, `erf` within 5e-7 absolute.
+
+// The coefficients as their sources print them (Cephes, Eigen), some with more digits than an
+// f32 holds.
+#![allow(clippy::excessive_precision)]
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 in two parts (Cody and Waite): `LN2_HI` has few mantissa bits, so `n * LN2_HI` is exact.

@@ -15,12 +15,16 @@ use crate::model::ModelConfig;
 pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 8] = [
+pub const PRESETS: [(&str, &str); 9] = [
     (
         "seed-linear",
         include_str!("../../presets/seed-linear.toml"),
     ),
     ("seed-mlp", include_str!("../../presets/seed-mlp.toml")),
+    (
+        "mlp-frontier",
+        include_str!("../../presets/mlp-frontier.toml"),
+    ),
     ("cnn", include_str!("../../presets/cnn.toml")),
     ("speedrun", include_str!("../../presets/speedrun.toml")),
     ("best", include_str!("../../presets/best.toml")),
@@ -325,6 +329,10 @@ pub fn file_position(origin: &str, text: &str, offset: usize) -> String {
     format!("{origin}:{line}:{column}")
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,8 +413,4 @@ mod tests {
         assert_eq!(TrainConfig::from_toml(&c.to_toml(), "back")?, c);
         Ok(())
     }
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }

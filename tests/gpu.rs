@@ -385,3 +385,78 @@ fn a_batch_too_large_for_the_device_is_one_line_naming_the_fix() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bench_study_and_export_run_on_wgpu() {
+    if !wgpu_here() {
+        return;
+    }
+    let dir = TempDir::new("gpu-commands");
+    // bench: the same first steps on both devices, the device named in the JSON line.
+    let steps = |device: &str| -> serde_json::Value {
+        let out = fmnist(device, &["bench", "linear", "--batches", "3", "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str(text.lines().last().expect("a JSON line")).expect("JSON")
+    };
+    let (cpu, gpu) = (steps("cpu"), steps("wgpu"));
+    assert!(
+        gpu["device"].as_str().unwrap().starts_with("wgpu ("),
+        "{gpu}"
+    );
+    let losses = |v: &serde_json::Value| -> Vec<f64> {
+        v["step_losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (losses(&cpu), losses(&gpu));
+    assert_eq!(a.len(), 3);
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-4),
+        "{a:?} / {b:?}"
+    );
+
+    // study: one worker on the GPU, its report written.
+    let file = dir.path().join("one.toml");
+    std::fs::write(
+        &file,
+        "title = \"One\"\n[[group]]\nname = \"g\"\n[[group.run]]\nname = \"lin\"\npreset = \"seed-linear\"\nepochs = 1\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("study");
+    let (file, out_dir_str) = (file.to_str().unwrap(), out_dir.to_str().unwrap());
+    let out = fmnist("wgpu", &["study", file, "--out", out_dir_str, "--quiet"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("1 runs, 1 epochs in all, on wgpu ("),
+        "{said}"
+    );
+    assert!(
+        !said.contains("Starting"),
+        "a GPU study trains in one process: {said}"
+    );
+    assert!(out_dir.join("report.md").is_file());
+
+    // export: the same file from either device (the weights are data).
+    let run = out_dir.join("runs/lin");
+    let export = |device: &str| {
+        let path = dir.path().join(format!("{device}.safetensors"));
+        let (run, file) = (run.to_str().unwrap(), path.to_str().unwrap());
+        fmnist(
+            device,
+            &[
+                "export",
+                "--run",
+                run,
+                "--format",
+                "safetensors",
+                "--out",
+                file,
+            ],
+        );
+        std::fs::read(&path).unwrap()
+    };
+    assert_eq!(export("cpu"), export("wgpu"));
+}

@@ -41,11 +41,14 @@ impl Backend {
         }
     }
 
-    /// The default: the first of CUDA, wgpu and the CPU that this binary was built with.
-    pub fn best_compiled() -> Backend {
+    /// The default: the first of CUDA and wgpu that this binary was built with and whose
+    /// adapter is a graphics card, else the CPU (flex trains far faster than a software
+    /// rasteriser such as llvmpipe). Opens the GPU backends' devices to find out.
+    pub fn best_available() -> Backend {
         [Backend::Cuda, Backend::Wgpu]
             .into_iter()
-            .find(|b| b.compiled())
+            .filter(|b| b.compiled())
+            .find(|&b| open(b).is_ok_and(|c| c.card))
             .unwrap_or(Backend::Cpu)
     }
 }
@@ -57,6 +60,9 @@ pub struct Compute {
     pub device: Device,
     /// The backend and, for a GPU backend, the adapter's own name.
     pub label: String,
+    /// Whether the adapter is a graphics card (not the CPU, nor a software rasteriser such as
+    /// Mesa's llvmpipe).
+    pub card: bool,
 }
 
 /// Opens `backend`, checking that it was compiled in and that it has an adapter.
@@ -77,14 +83,18 @@ pub fn open(backend: Backend) -> Result<Compute> {
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked by Backend::compiled"),
     };
-    let label = match backend {
-        Backend::Cpu => cpu_label(),
-        _ => format!("{} ({})", backend.name(), adapter_name(backend, &device)?),
+    let (label, card) = match backend {
+        Backend::Cpu => (cpu_label(), false),
+        _ => {
+            let (name, card) = adapter(backend, &device)?;
+            (format!("{} ({name})", backend.name()), card)
+        }
     };
     Ok(Compute {
         backend,
         device,
         label,
+        card,
     })
 }
 
@@ -96,10 +106,10 @@ fn cpu_label() -> String {
     }
 }
 
-/// The adapter behind a GPU backend's device, opening it. Burn panics when there is none; that
-/// becomes an error naming the fix.
+/// The adapter behind a GPU backend's device, opening it: its name and whether it is a card.
+/// Burn panics when there is none; that becomes an error naming the fix.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn adapter_name(backend: Backend, device: &Device) -> Result<String> {
+fn adapter(backend: Backend, device: &Device) -> Result<(String, bool)> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let identity = std::panic::catch_unwind(|| device.identity());
@@ -111,8 +121,8 @@ fn adapter_name(backend: Backend, device: &Device) -> Result<String> {
         }
     };
     match identity {
-        Ok(Some(identity)) => Ok(identity.name),
-        Ok(None) => Ok("unnamed adapter".into()),
+        Ok(Some(identity)) => Ok((identity.name, identity.physical.is_some())),
+        Ok(None) => Ok(("unnamed adapter".into(), false)),
         Err(_) => Err(Error::Usage(format!(
             "--device {}: no adapter could be opened; {fix}",
             backend.name()
@@ -121,17 +131,20 @@ fn adapter_name(backend: Backend, device: &Device) -> Result<String> {
 }
 
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-fn adapter_name(_backend: Backend, _device: &Device) -> Result<String> {
-    Ok(String::new())
+fn adapter(_backend: Backend, _device: &Device) -> Result<(String, bool)> {
+    Ok((String::new(), false))
 }
 
 static CHOICE: OnceLock<Backend> = OnceLock::new();
 static OPENED: OnceLock<std::result::Result<Compute, String>> = OnceLock::new();
 
-/// Makes `backend` (default: [`Backend::best_compiled`]) this process's device, checking that it
-/// was compiled in; it is opened on first use, by [`current`].
+/// Makes `backend` this process's device, checking that it was compiled in; it is opened on
+/// first use, by [`current`]. Without one, the device is [`Backend::best_available`], found on
+/// first use.
 pub fn choose(backend: Option<Backend>) -> Result<()> {
-    let backend = backend.unwrap_or_else(Backend::best_compiled);
+    let Some(backend) = backend else {
+        return Ok(());
+    };
     if !backend.compiled() {
         return open(backend).map(|_| ());
     }
@@ -139,17 +152,15 @@ pub fn choose(backend: Option<Backend>) -> Result<()> {
     Ok(())
 }
 
-/// This process's device, opened the first time: the one [`choose`]n, else the best compiled in.
+/// This process's device, opened the first time: the one [`choose`]n, else the best available.
 pub fn current() -> Result<&'static Compute> {
-    let opened = OPENED.get_or_init(|| {
-        open(*CHOICE.get_or_init(Backend::best_compiled)).map_err(|e| e.to_string())
-    });
+    let opened = OPENED.get_or_init(|| open(chosen()).map_err(|e| e.to_string()));
     opened.as_ref().map_err(|e| Error::Usage(e.clone()))
 }
 
 /// The backend this process runs on (or will, once opened).
 pub fn chosen() -> Backend {
-    *CHOICE.get_or_init(Backend::best_compiled)
+    *CHOICE.get_or_init(Backend::best_available)
 }
 
 /// Runs `f`; on a GPU backend a panic inside it (how Burn reports a device failure, such as a

@@ -460,3 +460,43 @@ fn bench_study_and_export_run_on_wgpu() {
     };
     assert_eq!(export("cpu"), export("wgpu"));
 }
+
+#[test]
+fn without_device_a_gpu_build_trains_on_a_card_and_never_on_a_software_rasteriser() {
+    if !wgpu_here() {
+        return;
+    }
+    let card = fmnist::device::open(Backend::Wgpu).unwrap().card;
+    let runs = TempDir::new("gpu-default");
+    let runtime = std::env::temp_dir().join("fmnist-test-xdg");
+    let _ = std::fs::create_dir_all(&runtime);
+    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--preset",
+            "seed-linear",
+            "--epochs",
+            "1",
+        ])
+        .arg("--runs-dir")
+        .arg(runs.path())
+        .arg("--data-dir")
+        .arg(common::real_data_dir())
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .expect("fmnist runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = if card {
+        "on wgpu ("
+    } else {
+        "on cpu (flex, 2 threads)"
+    };
+    assert!(said.contains(expected), "card: {card}: {said}");
+}

@@ -26,7 +26,8 @@ pub struct Cli {
     /// Worker threads for tensor operations (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
-    /// Compute device (default: the first of cuda, wgpu and cpu that this build has).
+    /// Compute device (default: the first of cuda and wgpu built in whose adapter is a graphics
+    /// card, else cpu).
     #[arg(long, global = true, value_enum, value_name = "DEVICE")]
     pub device: Option<crate::device::Backend>,
     #[command(subcommand)]

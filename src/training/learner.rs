@@ -25,7 +25,7 @@ pub struct Learner {
 
 impl Learner {
     /// A fresh model of `config` on `train_device` (with autodiff), initialised from the
-    /// device's random generator.
+    /// device's random generator on the CPU, and from the CPU's (then copied) on other backends.
     pub fn new(config: &TrainConfig, train_device: &Device) -> Self {
         let model = if crate::ops::is_flex(train_device) {
             config.model.init(train_device)

@@ -44,12 +44,17 @@ impl Backend {
     /// The default: the first of CUDA and wgpu that this binary was built with and whose
     /// adapter is a graphics card, else the CPU (flex trains far faster than a software
     /// rasteriser such as llvmpipe). Opens the GPU backends' devices to find out.
+    /// The device found is kept as this process's, so it is not opened again.
     pub fn best_available() -> Backend {
-        [Backend::Cuda, Backend::Wgpu]
-            .into_iter()
-            .filter(|b| b.compiled())
-            .find(|&b| open(b).is_ok_and(|c| c.card))
-            .unwrap_or(Backend::Cpu)
+        for backend in [Backend::Cuda, Backend::Wgpu] {
+            if let Some(compute) = backend.compiled().then(|| open(backend).ok()).flatten()
+                && compute.card
+            {
+                let _ = OPENED.set(Ok(compute));
+                return backend;
+            }
+        }
+        Backend::Cpu
     }
 }
 
@@ -110,10 +115,7 @@ fn cpu_label() -> String {
 /// Burn panics when there is none; that becomes an error naming the fix.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn adapter(backend: Backend, device: &Device) -> Result<(String, bool)> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let identity = std::panic::catch_unwind(|| device.identity());
-    std::panic::set_hook(previous);
+    let identity = quietly(|| device.identity());
     let fix = match backend {
         Backend::Cuda => "install the NVIDIA driver, or use --device cpu",
         _ => {
@@ -171,6 +173,16 @@ pub fn guard<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     if backend == Backend::Cpu {
         return f();
     }
+    quietly(f).unwrap_or_else(|reason| {
+        Err(Error::Device {
+            device: backend.name().into(),
+            reason,
+        })
+    })
+}
+
+/// Runs `f`, turning a panic into its message in one line, printed by nobody.
+fn quietly<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
     static MESSAGE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
@@ -187,13 +199,7 @@ pub fn guard<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
-    outcome.unwrap_or_else(|_| {
-        let reason = std::mem::take(&mut *MESSAGE.lock().unwrap_or_else(|e| e.into_inner()));
-        Err(Error::Device {
-            device: backend.name().into(),
-            reason,
-        })
-    })
+    outcome.map_err(|_| std::mem::take(&mut *MESSAGE.lock().unwrap_or_else(|e| e.into_inner())))
 }
 
 /// A backend's multi-line failure report as one line: the causes, without the list of the

@@ -38,15 +38,23 @@ fn wgpu_here() -> bool {
     )
 }
 
+/// The real dataset, loaded once per test process.
+fn real_data() -> &'static fmnist::data::FashionMnist {
+    static DATA: std::sync::OnceLock<fmnist::data::FashionMnist> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        fmnist::data::obtain(&fmnist::data::DataOptions {
+            data_dir: Some(common::real_data_dir()),
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
 /// A data directory holding the first 3,000 training and 1,000 test images of the real data,
 /// for the convolutional checks: evaluating 10,000 images takes llvmpipe half a minute.
 fn real_subset(dir: &Path) -> PathBuf {
     use fmnist::data::idx::IdxArray;
-    let data = fmnist::data::obtain(&fmnist::data::DataOptions {
-        data_dir: Some(common::real_data_dir()),
-        ..Default::default()
-    })
-    .unwrap();
+    let data = real_data();
     let subset = dir.join("data");
     std::fs::create_dir_all(&subset).unwrap();
     for (split, n, images, labels) in [
@@ -78,17 +86,26 @@ fn real_subset(dir: &Path) -> PathBuf {
     subset
 }
 
-fn fmnist(device: &str, args: &[&str]) -> Output {
+/// `fmnist --threads 2 [--device DEVICE] ARGS` on the real data (unless `args` name a data
+/// directory), with a private `XDG_RUNTIME_DIR` for Mesa; whatever its outcome.
+fn run_fmnist(device: Option<&str>, args: &[&str]) -> Output {
     let runtime = std::env::temp_dir().join("fmnist-test-xdg");
     let _ = std::fs::create_dir_all(&runtime);
-    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
-        .args(["--threads", "2", "--device", device])
+    let device = device.map(|d| vec!["--device", d]).unwrap_or_default();
+    Command::new(env!("CARGO_BIN_EXE_fmnist"))
+        .args(["--threads", "2"])
+        .args(device)
         .args(args)
         .args(data_args(args))
         .env_remove("FMNIST_DATA")
         .env("XDG_RUNTIME_DIR", runtime)
         .output()
-        .expect("fmnist runs");
+        .expect("fmnist runs")
+}
+
+/// [`run_fmnist`] on `device`, which must succeed.
+fn fmnist(device: &str, args: &[&str]) -> Output {
+    let out = run_fmnist(Some(device), args);
     assert!(
         out.status.success(),
         "{device} {args:?}: {}",
@@ -242,11 +259,7 @@ fn eval_and_predict_on_wgpu_agree_with_the_cpu() {
     assert!((a - b).abs() <= 1e-4, "loss cpu {a}, wgpu {b}");
 
     // Test image 0 (an ankle boot) as a PNG.
-    let data = fmnist::data::obtain(&fmnist::data::DataOptions {
-        data_dir: Some(common::real_data_dir()),
-        ..Default::default()
-    })
-    .unwrap();
+    let data = real_data();
     let boot = image::GrayImage::from_raw(28, 28, data.test.image(0).to_vec()).unwrap();
     let picture = runs.path().join("boot.png");
     boot.save(&picture).unwrap();
@@ -355,25 +368,21 @@ fn a_batch_too_large_for_the_device_is_one_line_naming_the_fix() {
     }
     // 8,192 images make a 708 MB first activation in the CNN: more than wgpu lets one buffer be.
     let runs = TempDir::new("gpu-too-large");
-    let runtime = std::env::temp_dir().join("fmnist-test-xdg");
-    let _ = std::fs::create_dir_all(&runtime);
-    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
-        .args(["--device", "wgpu", "train", "--quiet", "--preset", "cnn"])
-        .args([
-            "--batch-size",
-            "8192",
-            "--steps-per-epoch",
-            "1",
-            "--epochs",
-            "1",
-        ])
-        .arg("--runs-dir")
-        .arg(runs.path())
-        .arg("--data-dir")
-        .arg(common::real_data_dir())
-        .env("XDG_RUNTIME_DIR", runtime)
-        .output()
-        .expect("fmnist runs");
+    let runs = runs.path().to_str().unwrap();
+    let out = run_fmnist(
+        Some("wgpu"),
+        &["train", "--quiet", "--preset", "cnn", "--runs-dir", runs]
+            .into_iter()
+            .chain([
+                "--batch-size",
+                "8192",
+                "--steps-per-epoch",
+                "1",
+                "--epochs",
+                "1",
+            ])
+            .collect::<Vec<_>>(),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
@@ -468,25 +477,19 @@ fn without_device_a_gpu_build_trains_on_a_card_and_never_on_a_software_rasterise
     }
     let card = fmnist::device::open(Backend::Wgpu).unwrap().card;
     let runs = TempDir::new("gpu-default");
-    let runtime = std::env::temp_dir().join("fmnist-test-xdg");
-    let _ = std::fs::create_dir_all(&runtime);
-    let out = Command::new(env!("CARGO_BIN_EXE_fmnist"))
-        .args([
-            "--threads",
-            "2",
+    let runs = runs.path().to_str().unwrap();
+    let out = run_fmnist(
+        None,
+        &[
             "train",
             "--preset",
             "seed-linear",
             "--epochs",
             "1",
-        ])
-        .arg("--runs-dir")
-        .arg(runs.path())
-        .arg("--data-dir")
-        .arg(common::real_data_dir())
-        .env("XDG_RUNTIME_DIR", runtime)
-        .output()
-        .expect("fmnist runs");
+            "--runs-dir",
+            runs,
+        ],
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -55,6 +55,68 @@ impl Adam {
     }
 }
 
+/// One step's constants: `p -= lr · m · factor / (√v + epsilon)`.
+struct Step {
+    beta_1: f32,
+    beta_2: f32,
+    factor: f32,
+    epsilon: f32,
+    lr: f32,
+    /// L2 penalty added to the gradient (0 for none).
+    decay: f32,
+    /// The first step: the moments start from zero.
+    first: bool,
+}
+
+impl Step {
+    /// Updates matching pieces of a parameter, its moments and its gradient: 16 values at a time
+    /// where the CPU has AVX-512 (the baseline build's loop ran one at a time, `sqrtss` and
+    /// `divss`), with the same operations in the same order, so the same bits.
+    fn apply(&self, slices: Slices) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::ops::amx::avx512_available() {
+            // SAFETY: the CPU has AVX-512 F.
+            return unsafe { self.apply_avx512(slices) };
+        }
+        self.dispatch(slices)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn apply_avx512(&self, slices: Slices) {
+        self.dispatch(slices)
+    }
+
+    /// The loop without branches inside, one copy per case.
+    #[inline(always)]
+    fn dispatch(&self, slices: Slices) {
+        match (self.first, self.decay > 0.0) {
+            (true, true) => self.update::<true, true>(slices),
+            (true, false) => self.update::<true, false>(slices),
+            (false, true) => self.update::<false, true>(slices),
+            (false, false) => self.update::<false, false>(slices),
+        }
+    }
+
+    #[inline(always)]
+    fn update<const FIRST: bool, const DECAY: bool>(&self, (((p, m), v), g): Slices) {
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let (keep_1, keep_2) = (1.0 - b1, 1.0 - b2);
+        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+            let g = if DECAY { *p * self.decay + g } else { g };
+            if FIRST {
+                *m = g * keep_1;
+                *v = (g * g) * keep_2;
+            } else {
+                *m = *m * b1 + g * keep_1;
+                *v = *v * b2 + (g * g) * keep_2;
+            }
+            let step = (*m * self.factor) / (v.sqrt() + self.epsilon);
+            *p -= step * self.lr;
+        }
+    }
+}
+
 impl Optimizer for Adam {
     type State<const D: usize> = AdamState<D>;
 
@@ -84,26 +146,16 @@ impl Optimizer for Adam {
             ),
             None => (1, vec![0.0; params.len()], vec![0.0; params.len()]),
         };
-        let (b1, b2, decay) = (self.beta_1, self.beta_2, self.weight_decay);
-        let (keep_1, keep_2) = (1.0 - b1, 1.0 - b2);
         let t = time as i32;
-        let correction_2 = (1.0 - b2.powi(t)).sqrt();
-        let factor = correction_2 / (1.0 - b1.powi(t));
-        let epsilon = self.epsilon * correction_2;
-        let lr = lr as f32;
-        let update = |(((p, m), v), g): Slices| {
-            for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                let g = if decay > 0.0 { *p * decay + g } else { g };
-                if time == 1 {
-                    *m = g * keep_1;
-                    *v = (g * g) * keep_2;
-                } else {
-                    *m = *m * b1 + g * keep_1;
-                    *v = *v * b2 + (g * g) * keep_2;
-                }
-                let step = (*m * factor) / (v.sqrt() + epsilon);
-                *p -= step * lr;
-            }
+        let correction_2 = (1.0 - self.beta_2.powi(t)).sqrt();
+        let step = Step {
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            factor: correction_2 / (1.0 - self.beta_1.powi(t)),
+            epsilon: self.epsilon * correction_2,
+            lr: lr as f32,
+            decay: self.weight_decay,
+            first: time == 1,
         };
         if params.len() >= PARALLEL_MIN_LEN {
             // Element-wise: the result does not depend on the split.
@@ -113,9 +165,9 @@ impl Optimizer for Adam {
                 .zip(m.par_chunks_mut(chunk))
                 .zip(v.par_chunks_mut(chunk))
                 .zip(grads.par_chunks(chunk))
-                .for_each(update);
+                .for_each(|slices| step.apply(slices));
         } else {
-            update((((&mut params, &mut m), &mut v), &grads));
+            step.apply((((&mut params, &mut m), &mut v), &grads));
         }
         let tensor =
             |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape.clone()), &device);

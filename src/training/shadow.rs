@@ -40,11 +40,7 @@ impl ModuleVisitor for Fold<'_> {
             .expect("the same parameters in the same order");
         let current = into_host_values(param.val());
         let (keep, take) = (self.keep, self.take);
-        let fold = |(s, c): (&mut [f32], &[f32])| {
-            for (s, &c) in s.iter_mut().zip(c) {
-                *s = *s * keep + c * take;
-            }
-        };
+        let fold = |(s, c): (&mut [f32], &[f32])| fold_slice(s, c, keep, take);
         if shadow.len() >= PARALLEL_MIN_LEN {
             let chunk = shadow.len().div_ceil(rayon::current_num_threads());
             shadow
@@ -55,6 +51,28 @@ impl ModuleVisitor for Fold<'_> {
             fold((shadow, &current));
         }
     }
+}
+
+/// `shadow = shadow * keep + current * take`, 16 values at a time where the CPU has AVX-512
+/// (the same operations, so the same bits as the baseline build's 4 at a time).
+fn fold_slice(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
+    #[inline(always)]
+    fn fold(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
+        for (s, &c) in shadow.iter_mut().zip(current) {
+            *s = *s * keep + c * take;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn fold_avx512(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
+        fold(shadow, current, keep, take)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::amx::avx512_available() {
+        // SAFETY: the CPU has AVX-512 F.
+        return unsafe { fold_avx512(shadow, current, keep, take) };
+    }
+    fold(shadow, current, keep, take)
 }
 
 /// Replaces each parameter's values by the shadow's, on the parameter's device, keeping its

@@ -61,6 +61,40 @@ fn summaries_count_parameters_like_keras() {
     assert!(text.contains("(None, 60)"), "{text}");
 }
 
+/// Every preset that the unknown-preset error lists loads, validates and has the parameter count
+/// that the README's results table and the preset's header give.
+#[test]
+fn every_shipped_preset_loads_with_its_documented_parameter_count() {
+    let listed = stderr(&fmnist(&["summary", "--preset", "nope"]));
+    let names: Vec<&str> = listed
+        .trim_end()
+        .rsplit("expected one of ")
+        .next()
+        .unwrap()
+        .split(", ")
+        .collect();
+    let documented = [
+        ("seed-linear", "7,850"),
+        ("seed-mlp", "51,370"),
+        ("mlp-frontier", "1,863,690"),
+        ("cnn", "225,034"),
+        ("speedrun", "431,242"),
+        ("speedrun-2min", "431,242"),
+        ("best", "2,781,706"),
+        ("w1", "7,850"),
+        ("w2", "51,370"),
+        ("w3", "225,034"),
+    ];
+    let documented_names: Vec<&str> = documented.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, documented_names, "{listed}");
+    for (name, params) in documented {
+        let out = fmnist(&["summary", "--preset", name]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let want = format!("Total params: {params} ");
+        assert!(stdout(&out).contains(&want), "{name}: {}", stdout(&out));
+    }
+}
+
 #[test]
 fn bad_values_are_refused_with_exit_code_2() {
     assert_usage_error(&fmnist(&["summary", "--lr", "-1"]), "optimizer.lr = -1");

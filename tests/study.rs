@@ -158,6 +158,21 @@ fn shipped_studies_parse() {
     let steps: Vec<usize> = runs.iter().map(|r| r.config.lookahead.steps).collect();
     assert_eq!(steps, [0, 0, 0, 5, 5, 5]);
     assert_eq!(runs[4].config.seed, 2);
+    // The search's chosen run is the `speedrun-2min` preset, whose runs end the study.
+    let two_minutes =
+        Study::load(&common::project_dir().join("studies/speedrun-2min.toml")).unwrap();
+    let chosen = two_minutes.groups[1]
+        .runs
+        .iter()
+        .find(|r| r.name == "b256-drop05")
+        .unwrap();
+    let mut preset = fmnist::training::TrainConfig::preset("speedrun-2min").unwrap();
+    preset.seed = 1;
+    preset.provenance = chosen.config.provenance.clone();
+    assert_eq!(chosen.config, preset);
+    let recipe = &two_minutes.groups[2].runs;
+    let seeds: Vec<u64> = recipe.iter().map(|r| r.config.seed).collect();
+    assert_eq!(seeds, [1, 2, 3]);
 }
 
 /// A history whose test loss bottoms out at `best` and rises after it.

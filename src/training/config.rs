@@ -15,7 +15,7 @@ use crate::model::ModelConfig;
 pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 9] = [
+pub const PRESETS: [(&str, &str); 10] = [
     (
         "seed-linear",
         include_str!("../../presets/seed-linear.toml"),
@@ -27,6 +27,10 @@ pub const PRESETS: [(&str, &str); 9] = [
     ),
     ("cnn", include_str!("../../presets/cnn.toml")),
     ("speedrun", include_str!("../../presets/speedrun.toml")),
+    (
+        "speedrun-2min",
+        include_str!("../../presets/speedrun-2min.toml"),
+    ),
     ("best", include_str!("../../presets/best.toml")),
     ("w1", include_str!("../../presets/w1.toml")),
     ("w2", include_str!("../../presets/w2.toml")),

@@ -179,6 +179,16 @@ fn shipped_studies_parse() {
         assert_eq!(seeds, [1, 2, 3]);
         assert!(recipe.iter().all(|r| r.config.epochs == epochs));
     }
+    let smoothing: Vec<f64> = two_minutes.groups[5]
+        .runs
+        .iter()
+        .map(|r| r.config.label_smoothing)
+        .collect();
+    assert_eq!(smoothing, [0.05, 0.05, 0.05, 0.15, 0.15, 0.15]);
+    assert_eq!(
+        two_minutes.groups[6].runs[0].config.model.channels,
+        [32, 96]
+    );
 }
 
 /// A history whose test loss bottoms out at `best` and rises after it.

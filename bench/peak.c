@@ -21,6 +21,15 @@ static double seconds_since(struct timespec start) {
     return (now.tv_sec - start.tv_sec) + 1e-9 * (now.tv_nsec - start.tv_nsec);
 }
 
+/* Prints the rate of `ROUNDS` rounds of `CHAINS` instructions of `flops` each in `seconds`, with
+ * the sum of the accumulators so that the compiler keeps the work. */
+static void report(const char *what, double seconds, double flops, const __m512 *acc) {
+    float sum = 0;
+    for (int k = 0; k < CHAINS; k++) sum += _mm512_reduce_add_ps(acc[k]);
+    printf("%s %.1f GFLOP/s on one core (%.3f s, checksum %g)\n", what,
+           ROUNDS * CHAINS * flops / seconds / 1e9, seconds, sum);
+}
+
 static void bf16_peak(void) {
     __m512 acc[CHAINS];
     for (int k = 0; k < CHAINS; k++) acc[k] = _mm512_setzero_ps();
@@ -32,11 +41,7 @@ static void bf16_peak(void) {
         TWELVE(DOT)
         __asm__ volatile("" : "+v"(one));
     }
-    double s = seconds_since(start);
-    float sum = 0;
-    for (int k = 0; k < CHAINS; k++) sum += _mm512_reduce_add_ps(acc[k]);
-    printf("vdpbf16ps: %.1f GFLOP/s on one core (%.3f s, checksum %g)\n",
-           ROUNDS * CHAINS * 64.0 / s / 1e9, s, sum);
+    report("vdpbf16ps:", seconds_since(start), 64, acc);
 }
 
 static void f32_peak(void) {
@@ -50,11 +55,7 @@ static void f32_peak(void) {
         TWELVE(FMA)
         __asm__ volatile("" : "+v"(x));
     }
-    double s = seconds_since(start);
-    float sum = 0;
-    for (int k = 0; k < CHAINS; k++) sum += _mm512_reduce_add_ps(acc[k]);
-    printf("f32 FMA:   %.1f GFLOP/s on one core (%.3f s, checksum %g)\n",
-           ROUNDS * CHAINS * 32.0 / s / 1e9, s, sum);
+    report("f32 FMA:  ", seconds_since(start), 32, acc);
 }
 
 int main(void) {

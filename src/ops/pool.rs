@@ -13,20 +13,10 @@ pub fn pool_plane(
     out: &mut [f32],
     arg: &mut [u8],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::amx::avx512_available() {
-        // SAFETY: the CPU has AVX-512 F/BW/VL.
-        return unsafe { pool_plane_avx512(x, (height, width, stride), out, arg) };
-    }
-    pool_plane_with(x, (height, width, stride), out, arg)
-}
-
-/// [`pool_plane`] compiled for AVX-512: the selects run 16 outputs at a time (the baseline's
-/// SSE2 code ran 4, and pooling was 4% of a speedrun step); the same selects, so the same values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn pool_plane_avx512(x: &[f32], shape: (usize, usize, usize), out: &mut [f32], arg: &mut [u8]) {
-    pool_plane_with(x, shape, out, arg)
+    // Compiled for AVX-512 where the CPU has it: the selects run 16 outputs at a time (the
+    // baseline's SSE2 code ran 4, and pooling was 4% of a speedrun step); the same selects, so
+    // the same values.
+    super::amx::vectorised(|| pool_plane_with(x, (height, width, stride), out, arg))
 }
 
 #[inline(always)]

@@ -73,18 +73,7 @@ impl Step {
     /// where the CPU has AVX-512 (the baseline build's loop ran one at a time, `sqrtss` and
     /// `divss`), with the same operations in the same order, so the same bits.
     fn apply(&self, slices: Slices) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::ops::amx::avx512_available() {
-            // SAFETY: the CPU has AVX-512 F.
-            return unsafe { self.apply_avx512(slices) };
-        }
-        self.dispatch(slices)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn apply_avx512(&self, slices: Slices) {
-        self.dispatch(slices)
+        crate::ops::amx::vectorised(|| self.dispatch(slices))
     }
 
     /// The loop without branches inside, one copy per case.

@@ -62,17 +62,7 @@ fn fold_slice(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
             *s = *s * keep + c * take;
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn fold_avx512(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
-        fold(shadow, current, keep, take)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::amx::avx512_available() {
-        // SAFETY: the CPU has AVX-512 F.
-        return unsafe { fold_avx512(shadow, current, keep, take) };
-    }
-    fold(shadow, current, keep, take)
+    crate::ops::amx::vectorised(|| fold(shadow, current, keep, take))
 }
 
 /// Replaces each parameter's values by the shadow's, on the parameter's device, keeping its

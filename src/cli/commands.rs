@@ -521,6 +521,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         crate::fsio::check_plain_name("run name", name)
             .map_err(|e| Error::Usage(format!("--name: {e}")))?;
     }
+    if config.distill.enabled() {
+        config.distill.finished_teacher()?;
+    }
     let dataset = data::obtain(&args.data.options())?;
     let run = RunDir::create(
         &args.runs_dir,

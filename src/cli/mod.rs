@@ -169,6 +169,10 @@ pub struct RecipeArgs {
     /// Standardise pixels with the training mean and deviation instead of scaling to [0, 1].
     #[arg(long)]
     pub standardize: bool,
+    /// Distil from this finished run: learn from its probabilities as well as from the labels
+    /// (the `[distill]` table sets the temperature and the teacher's share of the loss).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub teacher: Option<PathBuf>,
 }
 
 /// The flags given, as `(short name, TOML value)`.
@@ -237,6 +241,10 @@ impl RecipeArgs {
         f.give("factor", self.factor)?;
         f.give("val_split", self.val_split)?;
         f.give("normalization", self.standardize.then_some("standardize"))?;
+        f.give(
+            "teacher",
+            self.teacher.as_ref().map(|p| p.to_string_lossy()),
+        )?;
         Ok(f.0)
     }
 

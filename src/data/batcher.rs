@@ -128,6 +128,12 @@ impl Batcher {
         }
     }
 
+    /// `(scale, shift)` that turn this batcher's inputs into `other`'s: `x * scale + shift`.
+    pub fn conversion_to(&self, other: &Batcher) -> (f32, f32) {
+        // x = (p - mean) / std for both, so p = x * std + mean.
+        (self.std / other.std, (self.mean - other.mean) / other.std)
+    }
+
     /// Writes the scaled pixels of `bytes` into `out` (a plain loop the compiler vectorises).
     fn scale_into(&self, bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
         let (mean, std) = (self.mean, self.std);

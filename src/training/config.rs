@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::distill::DistillConfig;
 use super::lookahead::LookaheadConfig;
 use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
@@ -158,6 +159,9 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     /// Lookahead around the optimiser (off unless `steps` is set).
     pub lookahead: LookaheadConfig,
+    /// Knowledge distillation from a finished run (off unless `teacher` is set).
+    #[serde(skip_serializing_if = "distill_off")]
+    pub distill: DistillConfig,
     /// Precision of the convolutions' matrix products, as PyTorch's
     /// `set_float32_matmul_precision`: `highest` (f32) or `medium` (bfloat16 operands with f32
     /// sums, on CPUs with AMX tiles; f32 elsewhere). Configurations saved before this key existed
@@ -184,6 +188,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             ema_decay: 0.0,
             lookahead: LookaheadConfig::default(),
+            distill: DistillConfig::default(),
             matmul_precision: MatmulPrecision::Highest,
             provenance: None,
         }
@@ -276,6 +281,7 @@ impl TrainConfig {
         self.model.validate()?;
         self.optimizer.validate()?;
         self.lookahead.validate()?;
+        self.distill.validate()?;
         self.schedule.validate()
     }
 
@@ -292,6 +298,10 @@ impl TrainConfig {
         table
             .entry("steps_per_epoch")
             .or_insert(toml::Value::Integer(0));
+        table.entry("distill").or_insert_with(|| {
+            toml::Value::try_from(DistillConfig::default())
+                .expect("a DistillConfig always serialises to TOML")
+        });
         table
     }
 
@@ -335,6 +345,12 @@ pub fn file_position(origin: &str, text: &str, offset: usize) -> String {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// Left out of files when off, so that the configurations (and study hashes) of runs without a
+/// teacher stay as they were.
+fn distill_off(d: &DistillConfig) -> bool {
+    *d == DistillConfig::default()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Training: configuration ([`config`]), optimisers ([`optimizer`]; one-pass SGD and Adam in
-//! [`sgd`] and [`adam`]), weight averaging ([`ema`]) and [`lookahead`] on host copies of the
+//! [`sgd`] and [`adam`]), knowledge [`distill`]ation, weight averaging ([`ema`]) and [`lookahead`] on host copies of the
 //! weights ([`shadow`]), learning-rate schedules
 //! ([`schedule`]), what a step updates ([`learner`]), the loop itself ([`trainer`]), its console output ([`progress`]), per-epoch
 //! history ([`history`]) and run directories ([`run_dir`]).
@@ -7,6 +7,7 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod distill;
 pub mod ema;
 pub mod history;
 pub mod learner;

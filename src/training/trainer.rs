@@ -21,6 +21,7 @@ use rand::seq::SliceRandom;
 
 use super::checkpoint::{Checkpoint, Position};
 use super::config::{EarlyStopping, TrainConfig};
+use super::distill::Teacher;
 use super::history::EpochRecord;
 use super::learner::Learner;
 use super::run_dir::{RunDir, RunResult, Weights};
@@ -171,7 +172,7 @@ pub fn train_with(
     let learner = Learner::new(config, &train_device);
     let position = Position::default();
     learner.save_checkpoint(run, &position)?;
-    Trainer::new(config, data, run, device, options).run(learner, position, reporter)
+    Trainer::new(config, data, run, device, options)?.run(learner, position, reporter)
 }
 
 /// Continues the run in `run` from its checkpoint, with the configuration saved there.
@@ -193,7 +194,7 @@ pub fn resume(
     clean_temporaries(&run.path);
     let position = checkpoint.position.clone();
     let learner = Learner::restore(&config, checkpoint, run, device)?;
-    Trainer::new(&config, data, run, device, options).run(learner, position, reporter)
+    Trainer::new(&config, data, run, device, options)?.run(learner, position, reporter)
 }
 
 /// Removes temporary files left by a process killed while writing.
@@ -234,6 +235,8 @@ struct Trainer<'a> {
     /// `device` with autodiff, where the model trains.
     train_device: Device,
     augmentation: Augmentation,
+    /// The run distilled from, when there is one.
+    teacher: Option<Teacher>,
 }
 
 impl<'a> Trainer<'a> {
@@ -243,7 +246,7 @@ impl<'a> Trainer<'a> {
         run: &'a RunDir,
         device: &'a Device,
         options: &'a TrainOptions,
-    ) -> Self {
+    ) -> Result<Self> {
         crate::ops::amx::set_matmul_precision(config.matmul_precision);
         let (train_split, val_split) = if config.data.val_split > 0.0 {
             let (train, held_out) = data.train.clone().split_last(config.data.val_split);
@@ -252,7 +255,12 @@ impl<'a> Trainer<'a> {
             (Cow::Borrowed(&data.train), Cow::Borrowed(&data.test))
         };
         let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
-        Trainer {
+        let teacher = config
+            .distill
+            .enabled()
+            .then(|| Teacher::load(&config.distill, &batcher, &data.train, device))
+            .transpose()?;
+        Ok(Trainer {
             config,
             data,
             run,
@@ -263,7 +271,8 @@ impl<'a> Trainer<'a> {
             batcher,
             train_device: device.clone().autodiff(),
             augmentation: config.data.augmentation(),
-        }
+            teacher,
+        })
     }
 
     /// An error when the run has been abandoned (see [`TrainOptions::abandon`]).
@@ -430,10 +439,20 @@ impl<'a> Trainer<'a> {
             self.batcher
                 .batch_augmented(split, indices, augmentation, &mut rng, train_device)
         };
+        // The teacher's copy of the images only when there is one: a second reference would stop
+        // the first layer from working in place.
+        let teacher_images = self.teacher.as_ref().map(|_| batch.images.clone());
         let logits = learner.model.forward(batch.images);
         let smoothing = config.label_smoothing as f32;
-        let loss = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
-        let loss_value = loss.clone().into_scalar::<f64>();
+        let hard = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
+        // The history records the labels' cross-entropy; with a teacher the mixture is trained.
+        let loss_value = hard.clone().into_scalar::<f64>();
+        let loss = match (&self.teacher, teacher_images) {
+            (Some(teacher), Some(images)) => {
+                teacher.loss(images, logits.clone(), hard, config.matmul_precision)
+            }
+            _ => hard,
+        };
         let lr = self.lr_at(epoch, b);
         position.batch = b + 1;
         if !loss_value.is_finite() {

@@ -1,0 +1,169 @@
+//! Knowledge distillation (Hinton, Vinyals and Dean, 2015, "Distilling the Knowledge in a Neural
+//! Network"): a finished run, the teacher, scores every training batch as the student sees it
+//! (after augmentation), and the student learns from the teacher's softened probabilities as well
+//! as from the labels:
+//!
+//! `loss = (1 - weight) * CE(labels, z) + weight * T^2 * CE(softmax(t / T), softmax(z / T))`
+//!
+//! with the student's logits `z`, the teacher's `t` and the temperature `T` (the `T^2` keeps the
+//! soft part's gradients on the scale of the hard part's, as in the paper).
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::run_dir::{RunDir, RunResult};
+use crate::data::Split;
+use crate::data::batcher::Batcher;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::ops::amx::{MatmulPrecision, set_matmul_precision};
+
+/// The `[distill]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillConfig {
+    /// The teacher: the directory of a finished run (relative to the working directory); empty
+    /// for no distillation.
+    pub teacher: String,
+    /// The temperature `T` that softens both distributions.
+    pub temperature: f64,
+    /// The share of the loss that comes from the teacher; the labels' share is `1 - weight`.
+    pub weight: f64,
+}
+
+impl Default for DistillConfig {
+    /// Off; when on, a temperature of 4 and nine tenths of the loss from the teacher.
+    fn default() -> Self {
+        DistillConfig {
+            teacher: String::new(),
+            temperature: 4.0,
+            weight: 0.9,
+        }
+    }
+}
+
+impl DistillConfig {
+    /// Whether a teacher takes part in training.
+    pub fn enabled(&self) -> bool {
+        !self.teacher.is_empty()
+    }
+
+    /// The teacher's run and result; an error naming the key unless it is a finished run.
+    pub fn finished_teacher(&self) -> Result<(RunDir, RunResult)> {
+        let dir = PathBuf::from(&self.teacher);
+        let unusable = |reason: &str| Error::Run {
+            path: dir.clone(),
+            reason: format!("distill.teacher: {reason}"),
+        };
+        let run = RunDir::open(&dir).map_err(|_| {
+            unusable("not a run directory (no config.toml); pass a run made by `fmnist train`")
+        })?;
+        let result = run.read_result().map_err(|_| {
+            unusable("the run has not finished (no result.json); train or resume it first")
+        })?;
+        Ok((run, result))
+    }
+
+    /// Checks the values; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "distill.temperature = {}: must be above 0",
+                self.temperature
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.weight) {
+            return Err(Error::Config(format!(
+                "distill.weight = {}: a share of the loss, from 0 to 1",
+                self.weight
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A finished run's model, ready to score the student's batches.
+pub struct Teacher {
+    model: Model,
+    /// The teacher's inputs from the student's: `x_teacher = x * scale + shift` (the two runs may
+    /// scale pixels differently).
+    scale: f32,
+    shift: f32,
+    precision: MatmulPrecision,
+    temperature: f64,
+    weight: f64,
+}
+
+impl Teacher {
+    /// Loads the final weights of the finished run `config.teacher` on `device`, for a student
+    /// whose batches come from `student_batcher`; `train` gives the pixel statistics a
+    /// standardising teacher needs. Leaves the matrix precision as it found it.
+    pub fn load(
+        config: &DistillConfig,
+        student_batcher: &Batcher,
+        train: &Split,
+        device: &Device,
+    ) -> Result<Self> {
+        let (run, result) = config.finished_teacher()?;
+        let teacher_config = run.read_config()?;
+        let stats = crate::inference::input_stats(&teacher_config, Some(train))?;
+        let teacher_batcher = Batcher::new(teacher_config.data.normalization, stats);
+        let model = run.load_weights(teacher_config.model.init(device), result.final_weights)?;
+        let (scale, shift) = student_batcher.conversion_to(&teacher_batcher);
+        Ok(Teacher {
+            model,
+            scale,
+            shift,
+            precision: teacher_config.matmul_precision,
+            temperature: config.temperature,
+            weight: config.weight,
+        })
+    }
+
+    /// The teacher's softened probabilities for a batch of the student's inputs.
+    ///
+    /// # Shapes
+    /// - `images`: `[batch, 1, 28, 28]`, scaled as the student's
+    /// - output: `[batch, classes]`
+    fn soft_targets(&self, images: Tensor<4>, student_precision: MatmulPrecision) -> Tensor<2> {
+        let inputs = if self.scale == 1.0 && self.shift == 0.0 {
+            images
+        } else {
+            images.mul_scalar(self.scale).add_scalar(self.shift)
+        };
+        set_matmul_precision(self.precision);
+        let logits = self.model.forward(inputs);
+        let targets = softmax(logits.div_scalar(self.temperature), 1);
+        set_matmul_precision(student_precision);
+        targets
+    }
+
+    /// The distillation loss of the student's `logits` (on the autodiff device) for `images`
+    /// (the batch the student saw), beside the hard loss `hard` of the same logits: the mixture
+    /// that is differentiated.
+    ///
+    /// # Shapes
+    /// - `images`: `[batch, 1, 28, 28]`, on the autodiff device
+    /// - `logits`: `[batch, classes]`
+    /// - `hard`, output: `[1]`
+    pub fn loss(
+        &self,
+        images: Tensor<4>,
+        logits: Tensor<2>,
+        hard: Tensor<1>,
+        student_precision: MatmulPrecision,
+    ) -> Tensor<1> {
+        let targets = Tensor::from_inner(self.soft_targets(images.inner(), student_precision));
+        let t = self.temperature;
+        let log_probs = log_softmax(logits.div_scalar(t), 1);
+        let soft = (targets * log_probs)
+            .sum_dim(1)
+            .mean()
+            .neg()
+            .mul_scalar(t * t);
+        hard.mul_scalar(1.0 - self.weight) + soft.mul_scalar(self.weight)
+    }
+}

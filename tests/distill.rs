@@ -140,36 +140,30 @@ fn a_teacher_that_is_not_a_finished_run_is_refused_before_anything_is_written() 
     let dir = TempDir::new("distill-refused");
     let runs = dir.path().join("runs");
     let data = common::real_data_dir();
+    let with_teacher = |teacher: &Path| {
+        fmnist(&[
+            "train",
+            "--name",
+            "student",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--teacher",
+            teacher.to_str().unwrap(),
+        ])
+    };
     let missing = dir.path().join("no-such-run");
-    let out = fmnist(&[
-        "train",
-        "--name",
-        "student",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--teacher",
-        missing.to_str().unwrap(),
-    ]);
-    common::refused(out, "distill.teacher: not a run directory");
+    common::refused(
+        with_teacher(&missing),
+        "distill.teacher: not a run directory",
+    );
     assert!(!runs.join("student").exists());
     // A run directory without a result: stopped before its end.
     let unfinished = dir.path().join("unfinished");
     std::fs::create_dir_all(&unfinished).unwrap();
     std::fs::write(unfinished.join("config.toml"), "epochs = 1\n").unwrap();
-    let out = fmnist(&[
-        "train",
-        "--name",
-        "student",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--teacher",
-        unfinished.to_str().unwrap(),
-    ]);
-    common::refused(out, "has not finished");
+    common::refused(with_teacher(&unfinished), "has not finished");
     assert!(!runs.join("student").exists());
     let bad = distill_config(dir.path(), "bad", "teacher = \"x\"\nweight = 1.5");
     let out = fmnist(&["train", "--config", bad.to_str().unwrap()]);

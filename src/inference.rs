@@ -59,6 +59,16 @@ impl Predictor {
         })
     }
 
+    /// The trained model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// How the run turns pixels into its inputs.
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
     /// The single-view logits of every image of `split`, `[n, 10]` row-major, with every
     /// product in `f32` (bfloat16 convolutions are for training speed; an exported model is
     /// compared with these).

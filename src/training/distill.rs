@@ -18,7 +18,7 @@ use super::run_dir::{RunDir, RunResult};
 use crate::data::Split;
 use crate::data::batcher::Batcher;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::inference::Predictor;
 use crate::ops::amx::{MatmulPrecision, set_matmul_precision};
 
 /// The `[distill]` table.
@@ -87,37 +87,38 @@ impl DistillConfig {
 
 /// A finished run's model, ready to score the student's batches.
 pub struct Teacher {
-    model: Model,
+    run: Predictor,
     /// The teacher's inputs from the student's: `x_teacher = x * scale + shift` (the two runs may
     /// scale pixels differently).
     scale: f32,
     shift: f32,
-    precision: MatmulPrecision,
+    /// The student's matrix precision, restored after each of the teacher's forward passes (the
+    /// teacher's own is in `run.config`).
+    student_precision: MatmulPrecision,
     temperature: f64,
     weight: f64,
 }
 
 impl Teacher {
     /// Loads the final weights of the finished run `config.teacher` on `device`, for a student
-    /// whose batches come from `student_batcher`; `train` gives the pixel statistics a
-    /// standardising teacher needs. Leaves the matrix precision as it found it.
+    /// whose batches come from `student_batcher` and whose products run at `student_precision`;
+    /// `train` gives the pixel statistics a standardising teacher needs.
     pub fn load(
         config: &DistillConfig,
         student_batcher: &Batcher,
+        student_precision: MatmulPrecision,
         train: &Split,
         device: &Device,
     ) -> Result<Self> {
         let (run, result) = config.finished_teacher()?;
-        let teacher_config = run.read_config()?;
-        let stats = crate::inference::input_stats(&teacher_config, Some(train))?;
-        let teacher_batcher = Batcher::new(teacher_config.data.normalization, stats);
-        let model = run.load_weights(teacher_config.model.init(device), result.final_weights)?;
-        let (scale, shift) = student_batcher.conversion_to(&teacher_batcher);
+        let run = Predictor::load(&run.path, result.final_weights, Some(train), device)?;
+        set_matmul_precision(student_precision);
+        let (scale, shift) = student_batcher.conversion_to(run.batcher());
         Ok(Teacher {
-            model,
+            run,
             scale,
             shift,
-            precision: teacher_config.matmul_precision,
+            student_precision,
             temperature: config.temperature,
             weight: config.weight,
         })
@@ -128,16 +129,16 @@ impl Teacher {
     /// # Shapes
     /// - `images`: `[batch, 1, 28, 28]`, scaled as the student's
     /// - output: `[batch, classes]`
-    fn soft_targets(&self, images: Tensor<4>, student_precision: MatmulPrecision) -> Tensor<2> {
+    fn soft_targets(&self, images: Tensor<4>) -> Tensor<2> {
         let inputs = if self.scale == 1.0 && self.shift == 0.0 {
             images
         } else {
             images.mul_scalar(self.scale).add_scalar(self.shift)
         };
-        set_matmul_precision(self.precision);
-        let logits = self.model.forward(inputs);
+        set_matmul_precision(self.run.config.matmul_precision);
+        let logits = self.run.model().forward(inputs);
         let targets = softmax(logits.div_scalar(self.temperature), 1);
-        set_matmul_precision(student_precision);
+        set_matmul_precision(self.student_precision);
         targets
     }
 
@@ -149,14 +150,8 @@ impl Teacher {
     /// - `images`: `[batch, 1, 28, 28]`, on the autodiff device
     /// - `logits`: `[batch, classes]`
     /// - `hard`, output: `[1]`
-    pub fn loss(
-        &self,
-        images: Tensor<4>,
-        logits: Tensor<2>,
-        hard: Tensor<1>,
-        student_precision: MatmulPrecision,
-    ) -> Tensor<1> {
-        let targets = Tensor::from_inner(self.soft_targets(images.inner(), student_precision));
+    pub fn loss(&self, images: Tensor<4>, logits: Tensor<2>, hard: Tensor<1>) -> Tensor<1> {
+        let targets = Tensor::from_inner(self.soft_targets(images.inner()));
         let t = self.temperature;
         let log_probs = log_softmax(logits.div_scalar(t), 1);
         let soft = (targets * log_probs)

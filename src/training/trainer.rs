@@ -258,7 +258,10 @@ impl<'a> Trainer<'a> {
         let teacher = config
             .distill
             .enabled()
-            .then(|| Teacher::load(&config.distill, &batcher, &data.train, device))
+            .then(|| {
+                let precision = config.matmul_precision;
+                Teacher::load(&config.distill, &batcher, precision, &data.train, device)
+            })
             .transpose()?;
         Ok(Trainer {
             config,
@@ -448,9 +451,7 @@ impl<'a> Trainer<'a> {
         // The history records the labels' cross-entropy; with a teacher the mixture is trained.
         let loss_value = hard.clone().into_scalar::<f64>();
         let loss = match (&self.teacher, teacher_images) {
-            (Some(teacher), Some(images)) => {
-                teacher.loss(images, logits.clone(), hard, config.matmul_precision)
-            }
+            (Some(teacher), Some(images)) => teacher.loss(images, logits.clone(), hard),
             _ => hard,
         };
         let lr = self.lr_at(epoch, b);

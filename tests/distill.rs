@@ -1,7 +1,8 @@
 //! Knowledge distillation through the command line (`fmnist train --teacher RUN`, the
 //! `[distill]` table): a teacher with no share of the loss changes nothing, a student that learns
 //! only from its teacher agrees with it more than one taught by the labels, and a teacher that is
-//! not a finished run is refused before anything is written.
+//! not a finished run is refused before anything is written; in a study, a run names another run
+//! of the study as its teacher, which is trained first.
 
 mod common;
 
@@ -168,4 +169,114 @@ fn a_teacher_that_is_not_a_finished_run_is_refused_before_anything_is_written() 
     let bad = distill_config(dir.path(), "bad", "teacher = \"x\"\nweight = 1.5");
     let out = fmnist(&["train", "--config", bad.to_str().unwrap()]);
     common::refused(out, "distill.weight = 1.5");
+}
+
+/// A student listed before its teacher, and a group of its own: `--group students` takes the
+/// teacher along.
+const STUDY_WITH_TEACHER: &str = r#"
+[[group]]
+name = "students"
+[[group.run]]
+name = "student"
+model = "linear"
+hidden = []
+epochs = 2
+teacher = "teacher"
+
+[[group]]
+name = "teachers"
+[[group.run]]
+name = "teacher"
+epochs = 1
+[[group.run]]
+name = "not-needed"
+epochs = 1
+hidden = [30]
+"#;
+
+fn study(file: &Path, out: &Path, extra: &[&str]) -> Output {
+    let data = common::real_data_dir();
+    let mut args = vec!["study", "--quiet", "--workers", "1", file.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(["--data-dir", data.to_str().unwrap()]);
+    args.extend(extra);
+    fmnist(&args)
+}
+
+#[test]
+fn a_study_run_learns_from_another_run_of_the_study_trained_first() {
+    let dir = TempDir::new("distill-study");
+    let file = dir.path().join("kd.toml");
+    std::fs::write(&file, STUDY_WITH_TEACHER).unwrap();
+    let out = dir.path().join("out");
+    succeeds(study(&file, &out, &["--group", "students"]));
+    let runs = out.join("runs");
+    assert!(runs.join("teacher").join("result.json").is_file());
+    assert!(
+        !runs.join("not-needed").exists(),
+        "only the teacher was taken along"
+    );
+    // The same student trained alone from the study's teacher: the same history, to the digit.
+    let alone = train(
+        &dir.path().join("alone"),
+        "student",
+        &[
+            "--model",
+            "linear",
+            "--epochs",
+            "2",
+            "--teacher",
+            runs.join("teacher").to_str().unwrap(),
+        ],
+    );
+    let read = |run: &Path| fmnist::training::History::read(run).unwrap();
+    let (in_study, alone) = (read(&runs.join("student")), read(&alone));
+    assert_eq!(in_study.epochs.len(), 2);
+    for (s, a) in in_study.epochs.iter().zip(&alone.epochs) {
+        assert_eq!(s.val_loss, a.val_loss, "epoch {}", s.epoch);
+    }
+    // Without the teacher, the student learns from the labels: another history.
+    let plain = train(
+        &dir.path().join("alone"),
+        "plain",
+        &["--model", "linear", "--epochs", "2"],
+    );
+    assert_ne!(read(&plain).epochs[1].val_loss, in_study.epochs[1].val_loss);
+    // The student's configuration names its teacher as the study does, and resumes from there.
+    let config = std::fs::read_to_string(runs.join("student").join("config.toml")).unwrap();
+    assert!(config.contains("teacher = \"teacher\""), "{config}");
+}
+
+#[test]
+fn a_study_whose_teachers_cannot_be_trained_is_refused_whole() {
+    let dir = TempDir::new("distill-study-refused");
+    let out = dir.path().join("out");
+    let refused = |name: &str, text: &str, needle: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let result = study(&file, &out, &[]);
+        let err = String::from_utf8_lossy(&result.stderr).into_owned();
+        assert_eq!(result.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert!(!out.join("runs").exists(), "nothing trained: {err}");
+    };
+    let run = |name: &str, teacher: &str| {
+        format!("[[group.run]]\nname = {name:?}\nepochs = 1\nteacher = {teacher:?}\n")
+    };
+    let group = "[[group]]\nname = \"g\"\n";
+    refused(
+        "missing.toml",
+        &format!("{group}{}", run("a", "no-such-run")),
+        "run \"a\": distill.teacher = \"no-such-run\" names neither a run of this study nor",
+    );
+    refused(
+        "itself.toml",
+        &format!("{group}{}", run("a", "a")),
+        "run \"a\": distill.teacher names the run itself",
+    );
+    refused(
+        "cycle.toml",
+        &format!("{group}{}{}", run("a", "b"), run("b", "a")),
+        "run \"a\": its teachers form a cycle (a -> b)",
+    );
 }

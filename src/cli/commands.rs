@@ -196,7 +196,8 @@ pub fn study(args: StudyArgs, threads: Option<usize>) -> Result<()> {
     study_report(&study, &out_dir, groups, &missing, &dataset, &device)
 }
 
-/// The study with only the groups `--group` names (all of them when it names none).
+/// The study with only the groups `--group` names (all of them when it names none), and the
+/// runs that teach theirs.
 fn only_groups(mut study: crate::study::Study, names: &[String]) -> Result<crate::study::Study> {
     if names.is_empty() {
         return Ok(study);
@@ -212,7 +213,7 @@ fn only_groups(mut study: crate::study::Study, names: &[String]) -> Result<crate
             known.join(", ")
         )));
     }
-    study.groups.retain(|g| names.contains(&g.name));
+    study.keep_groups(names);
     Ok(study)
 }
 
@@ -522,7 +523,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             .map_err(|e| Error::Usage(format!("--name: {e}")))?;
     }
     if config.distill.enabled() {
-        config.distill.finished_teacher()?;
+        config.distill.finished_teacher(&args.runs_dir)?;
     }
     let dataset = data::obtain(&args.data.options())?;
     let run = RunDir::create(

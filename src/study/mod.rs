@@ -75,6 +75,34 @@ impl Study {
         self.groups.iter().flat_map(|g| g.runs.iter())
     }
 
+    /// Keeps the groups `names` lists and, from the others, only the runs that teach a kept run
+    /// (directly or through another teacher), so that a student always has its teacher.
+    pub fn keep_groups(&mut self, names: &[String]) {
+        let mut kept: std::collections::BTreeSet<&str> = self
+            .groups
+            .iter()
+            .filter(|g| names.contains(&g.name))
+            .flat_map(|g| g.runs.iter().map(|r| r.name.as_str()))
+            .collect();
+        loop {
+            let teachers: Vec<&str> = self
+                .runs()
+                .filter(|r| kept.contains(r.name.as_str()))
+                .map(|r| r.config.distill.teacher.as_str())
+                .filter(|t| !t.is_empty() && !kept.contains(t))
+                .collect();
+            if teachers.is_empty() {
+                break;
+            }
+            kept.extend(teachers);
+        }
+        let kept: std::collections::BTreeSet<String> = kept.into_iter().map(String::from).collect();
+        for group in &mut self.groups {
+            group.runs.retain(|r| kept.contains(&r.name));
+        }
+        self.groups.retain(|g| !g.runs.is_empty());
+    }
+
     /// Reads and expands a study file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::fsio::read_text(path)?;
@@ -98,6 +126,7 @@ impl Study {
         };
         let mut problems = Vec::new();
         let groups = ctx.groups(&file, &mut problems);
+        check_teachers(&origin, &groups, &mut problems);
         if !problems.is_empty() {
             return Err(Error::Config(problem_list(problems)));
         }
@@ -113,6 +142,69 @@ impl Study {
             groups,
             source: path.to_path_buf(),
         })
+    }
+}
+
+/// Checks every run's `distill.teacher`: another run of the study (named by its run name; it
+/// is trained first, see [`runner`]) or the directory of a finished run; not the run itself,
+/// not a run whose recipe an earlier run already trains, and no cycle of teachers.
+fn check_teachers(origin: &str, groups: &[Group], problems: &mut Vec<String>) {
+    let runs: Vec<&PlannedRun> = groups.iter().flat_map(|g| g.runs.iter()).collect();
+    let index: BTreeMap<&str, usize> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let teacher_of = |run: &PlannedRun| {
+        let teacher = run.config.distill.teacher.as_str();
+        (!teacher.is_empty()).then(|| index.get(teacher).copied())
+    };
+    for (i, run) in runs.iter().enumerate() {
+        let teacher = &run.config.distill.teacher;
+        let problem = match teacher_of(run) {
+            None => continue,
+            Some(Some(t)) if t == i => {
+                "names the run itself: a student learns from another run".to_string()
+            }
+            Some(Some(t)) => match runs[..t]
+                .iter()
+                .find(|r| r.config.recipe() == runs[t].config.recipe())
+            {
+                Some(first) => format!(
+                    "= {teacher:?}: that run has the recipe of the earlier run {:?}, which trains it for both: name that one",
+                    first.name
+                ),
+                None => continue,
+            },
+            Some(None) if run.config.distill.finished_teacher(Path::new("")).is_ok() => continue,
+            Some(None) => format!(
+                "= {teacher:?} names neither a run of this study nor a finished run's directory \
+                 (relative to the working directory)"
+            ),
+        };
+        problems.push(format!(
+            "{origin}: run {:?}: distill.teacher {problem}",
+            run.name
+        ));
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let mut seen = vec![i];
+        let mut at: &PlannedRun = run;
+        while let Some(Some(t)) = teacher_of(at) {
+            if seen.contains(&t) {
+                let first_of_cycle = seen.iter().min() == Some(&i);
+                if t == i && seen.len() > 1 && first_of_cycle {
+                    problems.push(format!(
+                        "{origin}: run {:?}: its teachers form a cycle ({}); a teacher must be trained without its student",
+                        run.name,
+                        seen.iter().map(|&k| runs[k].name.as_str()).collect::<Vec<_>>().join(" -> ")
+                    ));
+                }
+                break;
+            }
+            seen.push(t);
+            at = runs[t];
+        }
     }
 }
 

@@ -206,12 +206,22 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    /// Claims and trains units of this worker's share until every one of them is done.
+    /// Claims and trains units of this worker's share, and the teachers they need, until every
+    /// one of them is done. A student waits until its teacher is done.
     fn work(&mut self, units: &[Unit]) -> Result<()> {
+        let teachers = teacher_units(units);
+        let mut wanted = vec![false; units.len()];
+        for i in (0..units.len()).filter(|&i| self.options.shard.takes(i)) {
+            let mut next = Some(i);
+            while let Some(u) = next.filter(|&u| !wanted[u]) {
+                wanted[u] = true;
+                next = teachers[u];
+            }
+        }
         let mine: Vec<(usize, &Unit)> = units
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.options.shard.takes(*i))
+            .filter(|(i, _)| wanted[*i])
             .collect();
         let poll =
             (self.claims.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
@@ -226,6 +236,10 @@ impl Worker<'_> {
             let mut left = 0;
             trained = false;
             for &(i, unit) in &mine {
+                if teachers[i].is_some_and(|t| !is_done(&state, &units[t])) {
+                    left += 1;
+                    continue;
+                }
                 match self.visit(&state, unit, &mut announced)? {
                     Visit::Done => continue,
                     Visit::HeldElsewhere => left += 1,
@@ -372,6 +386,20 @@ impl Worker<'_> {
         self.trained.insert(planned.name.clone());
         self.claims.complete(&planned.name, &unit.hash)
     }
+}
+
+/// For each unit, the unit that trains its teacher when the teacher is a run of the study
+/// (checked when the study was parsed: never the unit itself, no cycles).
+fn teacher_units(units: &[Unit]) -> Vec<Option<usize>> {
+    units
+        .iter()
+        .map(|unit| {
+            let teacher = &unit.run.config.distill.teacher;
+            units
+                .iter()
+                .position(|u| !teacher.is_empty() && u.run.name == *teacher)
+        })
+        .collect()
 }
 
 /// A unit's place in [`Worker::work`]'s round.

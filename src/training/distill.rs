@@ -8,7 +8,7 @@
 //! with the student's logits `z`, the teacher's `t` and the temperature `T` (the `T^2` keeps the
 //! soft part's gradients on the scale of the hard part's, as in the paper).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -18,6 +18,7 @@ use super::run_dir::{RunDir, RunResult};
 use crate::data::Split;
 use crate::data::batcher::Batcher;
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::inference::Predictor;
 use crate::ops::amx::{MatmulPrecision, set_matmul_precision};
 
@@ -25,8 +26,9 @@ use crate::ops::amx::{MatmulPrecision, set_matmul_precision};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistillConfig {
-    /// The teacher: the directory of a finished run (relative to the working directory); empty
-    /// for no distillation.
+    /// The teacher: a finished run, named by its directory (relative to the working directory)
+    /// or, by a plain name, a run beside the student's own (so a study's run can name another
+    /// run of the study); empty for no distillation.
     pub teacher: String,
     /// The temperature `T` that softens both distributions.
     pub temperature: f64,
@@ -51,9 +53,21 @@ impl DistillConfig {
         !self.teacher.is_empty()
     }
 
-    /// The teacher's run and result; an error naming the key unless it is a finished run.
-    pub fn finished_teacher(&self) -> Result<(RunDir, RunResult)> {
-        let dir = PathBuf::from(&self.teacher);
+    /// The teacher's directory for a student whose run directory is in `runs_dir`: the run of
+    /// that name beside the student's when the teacher is a plain name and one is there, else
+    /// the path as written.
+    pub fn teacher_dir(&self, runs_dir: &Path) -> PathBuf {
+        let sibling = runs_dir.join(&self.teacher);
+        if fsio::check_plain_name("run", &self.teacher).is_ok() && sibling.is_dir() {
+            return sibling;
+        }
+        PathBuf::from(&self.teacher)
+    }
+
+    /// The teacher's run and result (see [`Self::teacher_dir`]); an error naming the key unless
+    /// it is a finished run.
+    pub fn finished_teacher(&self, runs_dir: &Path) -> Result<(RunDir, RunResult)> {
+        let dir = self.teacher_dir(runs_dir);
         let unusable = |reason: &str| Error::Run {
             path: dir.clone(),
             reason: format!("distill.teacher: {reason}"),
@@ -101,16 +115,18 @@ pub struct Teacher {
 
 impl Teacher {
     /// Loads the final weights of the finished run `config.teacher` on `device`, for a student
-    /// whose batches come from `student_batcher` and whose products run at `student_precision`;
-    /// `train` gives the pixel statistics a standardising teacher needs.
+    /// whose run directory is in `runs_dir`, whose batches come from `student_batcher` and whose
+    /// products run at `student_precision`; `train` gives the pixel statistics a standardising
+    /// teacher needs.
     pub fn load(
         config: &DistillConfig,
+        runs_dir: &Path,
         student_batcher: &Batcher,
         student_precision: MatmulPrecision,
         train: &Split,
         device: &Device,
     ) -> Result<Self> {
-        let (run, result) = config.finished_teacher()?;
+        let (run, result) = config.finished_teacher(runs_dir)?;
         let run = Predictor::load(&run.path, result.final_weights, Some(train), device)?;
         set_matmul_precision(student_precision);
         let (scale, shift) = student_batcher.conversion_to(run.batcher());

@@ -9,6 +9,7 @@
 //! metrics, the optimiser, the weight average and lookahead's state.
 
 use std::borrow::Cow;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -260,7 +261,15 @@ impl<'a> Trainer<'a> {
             .enabled()
             .then(|| {
                 let precision = config.matmul_precision;
-                Teacher::load(&config.distill, &batcher, precision, &data.train, device)
+                let runs_dir = run.path.parent().unwrap_or(Path::new("."));
+                Teacher::load(
+                    &config.distill,
+                    runs_dir,
+                    &batcher,
+                    precision,
+                    &data.train,
+                    device,
+                )
             })
             .transpose()?;
         Ok(Trainer {

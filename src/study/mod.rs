@@ -21,7 +21,7 @@ pub mod claims;
 pub mod runner;
 pub mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -64,6 +64,18 @@ pub struct PlannedRun {
     pub config: TrainConfig,
 }
 
+impl PlannedRun {
+    /// The position in `runs` of the run that teaches this one: the run that `distill.teacher`
+    /// names by its run name. `None` without a teacher, or when the teacher is a directory.
+    pub fn teacher_in<'a>(&self, runs: impl IntoIterator<Item = &'a PlannedRun>) -> Option<usize> {
+        let teacher = self.config.distill.teacher.as_str();
+        if teacher.is_empty() {
+            return None;
+        }
+        runs.into_iter().position(|r| r.name == teacher)
+    }
+}
+
 impl Study {
     /// Total epochs over all runs (for progress estimates).
     pub fn total_epochs(&self) -> usize {
@@ -78,25 +90,27 @@ impl Study {
     /// Keeps the groups `names` lists and, from the others, only the runs that teach a kept run
     /// (directly or through another teacher), so that a student always has its teacher.
     pub fn keep_groups(&mut self, names: &[String]) {
-        let mut kept: std::collections::BTreeSet<&str> = self
+        let runs: Vec<&PlannedRun> = self.runs().collect();
+        let mut kept: Vec<bool> = self
             .groups
             .iter()
-            .filter(|g| names.contains(&g.name))
-            .flat_map(|g| g.runs.iter().map(|r| r.name.as_str()))
+            .flat_map(|g| g.runs.iter().map(|_| names.contains(&g.name)))
             .collect();
-        loop {
-            let teachers: Vec<&str> = self
-                .runs()
-                .filter(|r| kept.contains(r.name.as_str()))
-                .map(|r| r.config.distill.teacher.as_str())
-                .filter(|t| !t.is_empty() && !kept.contains(t))
-                .collect();
-            if teachers.is_empty() {
-                break;
+        let mut students: Vec<usize> = (0..runs.len()).filter(|&i| kept[i]).collect();
+        while let Some(student) = students.pop() {
+            if let Some(teacher) = runs[student].teacher_in(runs.iter().copied())
+                && !kept[teacher]
+            {
+                kept[teacher] = true;
+                students.push(teacher);
             }
-            kept.extend(teachers);
         }
-        let kept: std::collections::BTreeSet<String> = kept.into_iter().map(String::from).collect();
+        let kept: BTreeSet<String> = runs
+            .iter()
+            .zip(&kept)
+            .filter(|(_, keep)| **keep)
+            .map(|(r, _)| r.name.clone())
+            .collect();
         for group in &mut self.groups {
             group.runs.retain(|r| kept.contains(&r.name));
         }
@@ -150,23 +164,20 @@ impl Study {
 /// not a run whose recipe an earlier run already trains, and no cycle of teachers.
 fn check_teachers(origin: &str, groups: &[Group], problems: &mut Vec<String>) {
     let runs: Vec<&PlannedRun> = groups.iter().flat_map(|g| g.runs.iter()).collect();
-    let index: BTreeMap<&str, usize> = runs
+    let teachers: Vec<Option<usize>> = runs
         .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
+        .map(|r| r.teacher_in(runs.iter().copied()))
         .collect();
-    let teacher_of = |run: &PlannedRun| {
-        let teacher = run.config.distill.teacher.as_str();
-        (!teacher.is_empty()).then(|| index.get(teacher).copied())
-    };
     for (i, run) in runs.iter().enumerate() {
         let teacher = &run.config.distill.teacher;
-        let problem = match teacher_of(run) {
-            None => continue,
-            Some(Some(t)) if t == i => {
+        if teacher.is_empty() {
+            continue;
+        }
+        let problem = match teachers[i] {
+            Some(t) if t == i => {
                 "names the run itself: a student learns from another run".to_string()
             }
-            Some(Some(t)) => match runs[..t]
+            Some(t) => match runs[..t]
                 .iter()
                 .find(|r| r.config.recipe() == runs[t].config.recipe())
             {
@@ -176,8 +187,8 @@ fn check_teachers(origin: &str, groups: &[Group], problems: &mut Vec<String>) {
                 ),
                 None => continue,
             },
-            Some(None) if run.config.distill.finished_teacher(Path::new("")).is_ok() => continue,
-            Some(None) => format!(
+            None if run.config.distill.finished_teacher(Path::new("")).is_ok() => continue,
+            None => format!(
                 "= {teacher:?} names neither a run of this study nor a finished run's directory \
                  (relative to the working directory)"
             ),
@@ -187,24 +198,43 @@ fn check_teachers(origin: &str, groups: &[Group], problems: &mut Vec<String>) {
             run.name
         ));
     }
-    for (i, run) in runs.iter().enumerate() {
-        let mut seen = vec![i];
-        let mut at: &PlannedRun = run;
-        while let Some(Some(t)) = teacher_of(at) {
-            if seen.contains(&t) {
-                let first_of_cycle = seen.iter().min() == Some(&i);
-                if t == i && seen.len() > 1 && first_of_cycle {
-                    problems.push(format!(
-                        "{origin}: run {:?}: its teachers form a cycle ({}); a teacher must be trained without its student",
-                        run.name,
-                        seen.iter().map(|&k| runs[k].name.as_str()).collect::<Vec<_>>().join(" -> ")
-                    ));
-                }
-                break;
-            }
-            seen.push(t);
-            at = runs[t];
+    check_cycles(origin, &runs, &teachers, problems);
+}
+
+/// Refuses each cycle of two or more teachers once, named from its first run (a run that
+/// teaches itself is refused by [`check_teachers`]). A run has at most one teacher, so following
+/// the teachers from a run not yet seen ends at no teacher, at a run seen from an earlier start
+/// (its chain is checked), or at a run of this path: a cycle.
+fn check_cycles(
+    origin: &str,
+    runs: &[&PlannedRun],
+    teachers: &[Option<usize>],
+    problems: &mut Vec<String>,
+) {
+    let mut seen = vec![false; runs.len()];
+    for start in 0..runs.len() {
+        let mut path = Vec::new();
+        let mut at = Some(start);
+        while let Some(i) = at.filter(|&i| !seen[i]) {
+            seen[i] = true;
+            path.push(i);
+            at = teachers[i];
         }
+        let Some(from) = at.and_then(|end| path.iter().position(|&k| k == end)) else {
+            continue;
+        };
+        let mut cycle = path.split_off(from);
+        if cycle.len() < 2 {
+            continue;
+        }
+        let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
+        cycle.rotate_left(first);
+        let names: Vec<&str> = cycle.iter().map(|&k| runs[k].name.as_str()).collect();
+        problems.push(format!(
+            "{origin}: run {:?}: its teachers form a cycle ({}); a teacher must be trained without its student",
+            names[0],
+            names.join(" -> ")
+        ));
     }
 }
 
@@ -288,7 +318,7 @@ impl Context<'_> {
         let origin = self.origin;
         let mut groups = Vec::new();
         let mut run_names: BTreeMap<String, String> = BTreeMap::new();
-        let mut group_names = std::collections::BTreeSet::new();
+        let mut group_names = BTreeSet::new();
         for g in &file.groups {
             if let Err(e) = crate::fsio::check_plain_name("group name", &g.name) {
                 problems.push(format!("{origin}: {e}"));

@@ -393,12 +393,7 @@ impl Worker<'_> {
 fn teacher_units(units: &[Unit]) -> Vec<Option<usize>> {
     units
         .iter()
-        .map(|unit| {
-            let teacher = &unit.run.config.distill.teacher;
-            units
-                .iter()
-                .position(|u| !teacher.is_empty() && u.run.name == *teacher)
-        })
+        .map(|unit| unit.run.teacher_in(units.iter().map(|u| u.run)))
         .collect()
 }
 

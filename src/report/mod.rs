@@ -213,9 +213,9 @@ pub fn write_study_report(
             })
             .collect();
         plots::write_figure(&series, &group.title, &plots_dir.join(&group.name))?;
-        let pairs: Vec<(&str, &crate::training::History)> = runs
+        let pairs: Vec<(&str, &crate::training::History, f64)> = runs
             .iter()
-            .map(|r| (r.planned.name.as_str(), &r.history))
+            .map(|r| (r.planned.name.as_str(), &r.history, r.result.test_acc))
             .collect();
         reports.push(GroupReport {
             name: group.name.clone(),

@@ -21,7 +21,7 @@ pub mod claims;
 pub mod runner;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -64,16 +64,20 @@ pub struct PlannedRun {
     pub config: TrainConfig,
 }
 
-impl PlannedRun {
-    /// The position in `runs` of the run that teaches this one: the run that `distill.teacher`
-    /// names by its run name. `None` without a teacher, or when the teacher is a directory.
-    pub fn teacher_in<'a>(&self, runs: impl IntoIterator<Item = &'a PlannedRun>) -> Option<usize> {
-        let teacher = self.config.distill.teacher.as_str();
-        if teacher.is_empty() {
-            return None;
-        }
-        runs.into_iter().position(|r| r.name == teacher)
+/// For each of `runs`, the position in `runs` of the run that teaches it: the run that its
+/// `distill.teacher` names by run name. `None` without a teacher, or when the teacher is a
+/// directory. One index of the names, so a study of thousands of runs is resolved in one pass.
+pub fn teacher_positions(runs: &[&PlannedRun]) -> Vec<Option<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(runs.len());
+    for (i, run) in runs.iter().enumerate() {
+        index.entry(run.name.as_str()).or_insert(i);
     }
+    runs.iter()
+        .map(|r| match r.config.distill.teacher.as_str() {
+            "" => None,
+            teacher => index.get(teacher).copied(),
+        })
+        .collect()
 }
 
 impl Study {
@@ -90,29 +94,25 @@ impl Study {
     /// Keeps the groups `names` lists and, from the others, only the runs that teach a kept run
     /// (directly or through another teacher), so that a student always has its teacher.
     pub fn keep_groups(&mut self, names: &[String]) {
-        let runs: Vec<&PlannedRun> = self.runs().collect();
         let mut kept: Vec<bool> = self
             .groups
             .iter()
             .flat_map(|g| g.runs.iter().map(|_| names.contains(&g.name)))
             .collect();
-        let mut students: Vec<usize> = (0..runs.len()).filter(|&i| kept[i]).collect();
+        let teachers = teacher_positions(&self.runs().collect::<Vec<_>>());
+        let mut students: Vec<usize> = (0..kept.len()).filter(|&i| kept[i]).collect();
         while let Some(student) = students.pop() {
-            if let Some(teacher) = runs[student].teacher_in(runs.iter().copied())
+            if let Some(teacher) = teachers[student]
                 && !kept[teacher]
             {
                 kept[teacher] = true;
                 students.push(teacher);
             }
         }
-        let kept: BTreeSet<String> = runs
-            .iter()
-            .zip(&kept)
-            .filter(|(_, keep)| **keep)
-            .map(|(r, _)| r.name.clone())
-            .collect();
+        // `retain` visits the runs in order, the order `kept` was built in.
+        let mut keep = kept.into_iter();
         for group in &mut self.groups {
-            group.runs.retain(|r| kept.contains(&r.name));
+            group.runs.retain(|_| keep.next().unwrap_or(false));
         }
         self.groups.retain(|g| !g.runs.is_empty());
     }
@@ -164,10 +164,7 @@ impl Study {
 /// not a run whose recipe an earlier run already trains, and no cycle of teachers.
 fn check_teachers(origin: &str, groups: &[Group], problems: &mut Vec<String>) {
     let runs: Vec<&PlannedRun> = groups.iter().flat_map(|g| g.runs.iter()).collect();
-    let teachers: Vec<Option<usize>> = runs
-        .iter()
-        .map(|r| r.teacher_in(runs.iter().copied()))
-        .collect();
+    let teachers = teacher_positions(&runs);
     for (i, run) in runs.iter().enumerate() {
         let teacher = &run.config.distill.teacher;
         if teacher.is_empty() {

@@ -391,10 +391,7 @@ impl Worker<'_> {
 /// For each unit, the unit that trains its teacher when the teacher is a run of the study
 /// (checked when the study was parsed: never the unit itself, no cycles).
 fn teacher_units(units: &[Unit]) -> Vec<Option<usize>> {
-    units
-        .iter()
-        .map(|unit| unit.run.teacher_in(units.iter().map(|u| u.run)))
-        .collect()
+    super::teacher_positions(&units.iter().map(|u| u.run).collect::<Vec<_>>())
 }
 
 /// A unit's place in [`Worker::work`]'s round.

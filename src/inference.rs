@@ -51,12 +51,17 @@ impl Predictor {
         let model = run.load_weights(config.model.init(device), which)?;
         let stats = input_stats(&config, train)?;
         let batcher = Batcher::new(config.data.normalization, stats);
-        Ok(Predictor {
+        Ok(Predictor::new(config, model, batcher, device))
+    }
+
+    /// The `model` of a run trained with `config`, whose inputs `batcher` makes.
+    pub fn new(config: TrainConfig, model: Model, batcher: Batcher, device: &Device) -> Self {
+        Predictor {
             config,
             model,
             batcher,
             device: device.clone(),
-        })
+        }
     }
 
     /// The trained model.

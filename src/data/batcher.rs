@@ -54,6 +54,12 @@ impl Augmentation {
     pub fn is_identity(&self) -> bool {
         !self.flip && self.translate == 0 && self.erase == 0.0
     }
+
+    /// Whether every image it makes is its source or the source's mirror (so that a model's
+    /// scores of the augmented batch can be looked up rather than computed).
+    pub fn only_mirrors(&self) -> bool {
+        self.translate == 0 && self.erase == 0.0
+    }
 }
 
 /// Sets a random rectangle of 2-33% of the image, aspect ratio 0.3-3.3, to background.
@@ -93,6 +99,8 @@ pub struct Batch {
     pub images: Tensor<4>,
     /// `[batch]` class indices.
     pub targets: Tensor<1, Int>,
+    /// Whether each image is mirrored left-right; empty for a batch made without augmentation.
+    pub mirrored: Vec<bool>,
 }
 
 impl Batch {
@@ -102,6 +110,7 @@ impl Batch {
         Batch {
             images: Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device),
             targets: targets(split, indices.iter().copied(), device),
+            mirrored: Vec::new(),
         }
     }
 }
@@ -202,6 +211,7 @@ impl Batcher {
         Batch {
             images,
             targets: targets(split, indices.iter().copied(), device),
+            mirrored: Vec::new(),
         }
     }
 
@@ -221,11 +231,13 @@ impl Batcher {
         let t = augmentation.translate as i64;
         let mut values: Vec<f32> = Vec::with_capacity(indices.len() * PIXELS);
         let mut row = [0u8; PIXELS];
+        let mut mirrored = Vec::with_capacity(indices.len());
         for (&i, out) in indices
             .iter()
             .zip(values.spare_capacity_mut().chunks_mut(PIXELS))
         {
             let flip = augmentation.flip && rng.random_bool(0.5);
+            mirrored.push(flip);
             let (dy, dx) = if t > 0 {
                 (rng.random_range(-t..=t), rng.random_range(-t..=t))
             } else {
@@ -252,7 +264,10 @@ impl Batcher {
         }
         // SAFETY: the loop above wrote all `indices.len() * PIXELS` values.
         unsafe { values.set_len(indices.len() * PIXELS) };
-        Batch::new(values, split, indices, device)
+        Batch {
+            mirrored,
+            ..Batch::new(values, split, indices, device)
+        }
     }
 
     /// Examples `start..end` of `split`, in order (evaluation).
@@ -260,6 +275,7 @@ impl Batcher {
         Batch {
             images: self.images(&split.images[start * PIXELS..end * PIXELS], device),
             targets: targets(split, start..end, device),
+            mirrored: Vec::new(),
         }
     }
 }

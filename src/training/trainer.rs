@@ -271,7 +271,8 @@ impl<'a> Trainer<'a> {
                     device,
                 )
             })
-            .transpose()?;
+            .transpose()?
+            .map(|teacher| teacher.remembering(&train_split, config.data.augmentation(), device));
         Ok(Trainer {
             config,
             data,
@@ -451,16 +452,19 @@ impl<'a> Trainer<'a> {
             self.batcher
                 .batch_augmented(split, indices, augmentation, &mut rng, train_device)
         };
-        // The teacher's copy of the images only when there is one: a second reference would stop
-        // the first layer from working in place.
-        let teacher_images = self.teacher.as_ref().map(|_| batch.images.clone());
+        // The teacher's targets before the student's pass, so that the first layer has the only
+        // reference to the images and works in place.
+        let soft_targets = self
+            .teacher
+            .as_ref()
+            .map(|teacher| teacher.soft_targets(indices, &batch));
         let logits = learner.model.forward(batch.images);
         let smoothing = config.label_smoothing as f32;
         let hard = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
         // The history records the labels' cross-entropy; with a teacher the mixture is trained.
         let loss_value = hard.clone().into_scalar::<f64>();
-        let loss = match (&self.teacher, teacher_images) {
-            (Some(teacher), Some(images)) => teacher.loss(images, logits.clone(), hard),
+        let loss = match (&self.teacher, soft_targets) {
+            (Some(teacher), Some(targets)) => teacher.loss(targets, logits.clone(), hard),
             _ => hard,
         };
         let lr = self.lr_at(epoch, b);

@@ -256,6 +256,7 @@ impl<'a> Trainer<'a> {
             (Cow::Borrowed(&data.train), Cow::Borrowed(&data.test))
         };
         let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
+        let augmentation = config.data.augmentation();
         let teacher = config
             .distill
             .enabled()
@@ -272,7 +273,7 @@ impl<'a> Trainer<'a> {
                 )
             })
             .transpose()?
-            .map(|teacher| teacher.remembering(&train_split, config.data.augmentation(), device));
+            .map(|teacher| teacher.remembering(&train_split, augmentation, device));
         Ok(Trainer {
             config,
             data,
@@ -283,7 +284,7 @@ impl<'a> Trainer<'a> {
             val_split,
             batcher,
             train_device: device.clone().autodiff(),
-            augmentation: config.data.augmentation(),
+            augmentation,
             teacher,
         })
     }

@@ -80,13 +80,7 @@ impl Predictor {
     pub fn logits(&self, split: &Split) -> Vec<f32> {
         let precision = crate::ops::amx::MatmulPrecision::Highest;
         crate::ops::amx::set_matmul_precision(precision);
-        let batch_size = self.config.eval_batch_on(&self.device);
-        let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
-        for start in (0..split.len()).step_by(batch_size.max(1)) {
-            let end = (start + batch_size).min(split.len());
-            let batch = self.batcher.range(split, start, end, &self.device);
-            out.extend(self.model.forward(batch.images).into_data().iter::<f32>());
-        }
+        let out = self.score(split, |images| self.model.forward(images));
         crate::ops::amx::set_matmul_precision(self.config.matmul_precision);
         out
     }
@@ -94,13 +88,22 @@ impl Predictor {
     /// The probabilities of every image of `split`, `[n, 10]` row-major, averaged over the
     /// run's test-time views (as [`Predictor::evaluate`] scores them).
     pub fn probabilities(&self, split: &Split) -> Vec<f32> {
+        let tta = self.config.data.tta();
+        self.score(split, |images| probabilities(&self.model, images, tta))
+    }
+
+    /// `score` of every image of `split`, `[n, 10]` row-major, from batches of the run's
+    /// evaluation size scaled as the run's inputs.
+    ///
+    /// # Shapes
+    /// - `score`: `[batch, 1, 28, 28]` -> `[batch, 10]`
+    pub fn score(&self, split: &Split, score: impl Fn(Tensor<4>) -> Tensor<2>) -> Vec<f32> {
         let batch_size = self.config.eval_batch_on(&self.device).max(1);
         let mut out = Vec::with_capacity(split.len() * CLASS_NAMES.len());
         for start in (0..split.len()).step_by(batch_size) {
             let end = (start + batch_size).min(split.len());
             let batch = self.batcher.range(split, start, end, &self.device);
-            let probs = probabilities(&self.model, batch.images, self.config.data.tta());
-            out.extend(probs.into_data().iter::<f32>());
+            out.extend(score(batch.images).into_data().iter::<f32>());
         }
         out
     }

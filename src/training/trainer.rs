@@ -273,7 +273,7 @@ impl<'a> Trainer<'a> {
                 )
             })
             .transpose()?
-            .map(|teacher| teacher.remembering(&train_split, augmentation, device));
+            .map(|teacher| teacher.remembering(&train_split, augmentation));
         Ok(Trainer {
             config,
             data,

@@ -70,6 +70,8 @@ fn convolution_matches_burn_forward_and_backward() {
         (1, 1, 3, 28, 28, 5, 2),
         (4, 6, 8, 5, 5, 1, 0),
         (2, 32, 16, 11, 11, 3, 1),
+        (2, 1, 32, 26, 26, 3, 1),
+        (2, 1, 17, 5, 21, 3, 0),
     ];
     for (n, c, o, h, w, k, p) in cases {
         let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)

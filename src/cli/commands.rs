@@ -565,7 +565,7 @@ fn precision_note(precision: MatmulPrecision) -> String {
             format!(", bfloat16 convolutions on {}", kernel.describe())
         }
         (MatmulPrecision::Medium, None) => {
-            ", f32: this CPU has neither AMX tiles nor AVX512-BF16 for bfloat16".into()
+            format!(", f32: {}", crate::ops::amx::f32_reason())
         }
     }
 }

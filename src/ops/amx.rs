@@ -23,8 +23,9 @@ pub enum MatmulPrecision {
     /// Every product in `f32` (the default).
     #[default]
     Highest,
-    /// Convolutions multiply bfloat16 operands (8-bit mantissa) into `f32` sums where the CPU has
-    /// AMX tiles, as mixed-precision training does on GPUs; `f32` elsewhere.
+    /// Convolutions multiply bfloat16 operands (8-bit mantissa) into `f32` sums where that is
+    /// faster (AMX tiles; AVX512-BF16 on AMD, see [`kernel`]), as mixed-precision training does on
+    /// GPUs; `f32` elsewhere, and for a network's first convolution (one input channel).
     Medium,
 }
 
@@ -65,7 +66,8 @@ pub fn available() -> bool {
     kernel().is_some()
 }
 
-/// The bfloat16 kernel products use: the tiles where the CPU has them, else AVX512-BF16, unless
+/// The bfloat16 kernel products use: the tiles where the CPU has them, else AVX512-BF16 where it
+/// beats `f32` ([`dot_pays`]: AMD), unless
 /// `FMNIST_BF16_KERNEL` or [`with_kernel`] says otherwise.
 pub fn kernel() -> Option<Bf16Kernel> {
     match FORCED.load(Ordering::Relaxed) {
@@ -83,9 +85,35 @@ pub fn kernel() -> Option<Bf16Kernel> {
             Ok("tiles") => tiles,
             Ok("avx512bf16") => dot,
             Ok("none") => None,
-            _ => tiles.or(dot),
+            _ => tiles.or(dot.filter(|_| dot_pays())),
         }
     })
+}
+
+/// Why `medium` multiplies in `f32` here (when [`kernel`] gives none).
+pub fn f32_reason() -> &'static str {
+    if std::env::var("FMNIST_BF16_KERNEL").as_deref() == Ok("none") {
+        "FMNIST_BF16_KERNEL=none"
+    } else if dot_available() && !dot_pays() {
+        "AVX512-BF16 is slower than f32 on Intel cores (FMNIST_BF16_KERNEL=avx512bf16 forces it)"
+    } else {
+        "this CPU has neither AMX tiles nor AVX512-BF16 for bfloat16"
+    }
+}
+
+/// Whether `vdpbf16ps` beats `f32` here, so that `medium` uses it where there are no tiles: on
+/// AMD Zen 4 and 5 each instruction does twice an `f32` FMA's multiply-adds at the same rate
+/// (speedrun steps 1.3-1.7x faster); on Intel cores it issues at half the FMA's rate, and the
+/// speedrun step took 4-24% longer than in `f32` (docs/performance.md).
+fn dot_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vendor = std::arch::x86_64::__cpuid(0);
+        let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
+        vendor.ebx == word(b"Auth") && vendor.edx == word(b"enti") && vendor.ecx == word(b"cAMD")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 const FORCED_TILES: u8 = 1;

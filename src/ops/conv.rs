@@ -8,6 +8,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+mod direct;
+#[cfg(target_arch = "x86_64")]
 mod gather;
 mod tiles;
 
@@ -180,6 +182,15 @@ fn col2im_scatter(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
     }
 }
 
+/// Whether the convolution runs on [`direct`]'s kernels (one input channel, AVX-512) rather than
+/// im2col and `gemm`.
+fn is_direct(s: &ConvShape) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return direct::supports(s);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// One image's convolution into `out` (`[out_channels × pixels]`), using `patches` and `cols`
 /// as scratch.
 fn conv_image(
@@ -191,6 +202,12 @@ fn conv_image(
     out: &mut [f32],
 ) {
     let (patch, pixels) = (s.patch(), s.out_pixels());
+    #[cfg(target_arch = "x86_64")]
+    if is_direct(s) {
+        patches.pad(s, x_i);
+        // SAFETY: `is_direct` checked that the CPU has AVX-512 F.
+        return unsafe { direct::forward_image(s, &patches.padded, weight, bias, out, pixels) };
+    }
     patches.im2col(s, x_i, cols, pixels);
     matmul(
         s.out_channels,
@@ -256,7 +273,7 @@ fn add_bias(out: &mut [f32], pixels: usize, stride: usize, bias: &[f32]) {
 /// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`, the
 /// products in bfloat16 tiles when `bf16` (see [`super::amx::use_bf16`]).
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: bool) -> Vec<f32> {
-    if bf16 {
+    if bf16 && !is_direct(s) {
         return tiles::forward(s, x, weight, bias);
     }
     let mut out = vec![0f32; s.batch * s.out_image()];
@@ -300,7 +317,7 @@ pub fn forward_pooled(
     bias: &[f32],
     bf16: bool,
 ) -> (Vec<f32>, Vec<u8>) {
-    if bf16 {
+    if bf16 && !is_direct(s) {
         return tiles::forward_pooled(s, x, weight, bias);
     }
     let pixels = s.out_pixels();
@@ -330,7 +347,7 @@ pub fn backward(
     need_dx: bool,
     bf16: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    if bf16 {
+    if bf16 && !is_direct(s) {
         return tiles::backward(s, x, weight, dy, need_dx);
     }
     let dy_of = |i: usize| &dy[i * s.out_image()..(i + 1) * s.out_image()];
@@ -351,7 +368,7 @@ pub fn backward_pooled(
     need_dx: bool,
     bf16: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    if bf16 {
+    if bf16 && !is_direct(s) {
         return tiles::backward_pooled(s, x, weight, dy, arg, need_dx);
     }
     let (pixels, pooled, o) = (s.out_pixels(), s.pooled_pixels(), s.out_channels);
@@ -381,6 +398,7 @@ fn backward_with(
     dconv_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
+    let direct = is_direct(s);
     per_task(s, need_dx, |images, mut dx_chunk| {
         let mut dw = vec![0f32; o * patch];
         let mut db = vec![0f32; o];
@@ -391,20 +409,28 @@ fn backward_with(
             dconv_of(i, &mut dconv);
             add_row_sums(&mut db, &dconv, pixels);
             let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-            patches.im2col(s, x_i, &mut cols, pixels);
-            // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ
-            matmul(
-                o,
-                patch,
-                pixels,
-                &mut dw,
-                true,
-                &dconv,
-                (pixels as isize, 1),
-                &cols,
-                (1, pixels as isize),
-                false,
-            );
+            #[cfg(target_arch = "x86_64")]
+            if direct {
+                patches.pad(s, x_i);
+                // SAFETY: `is_direct` checked that the CPU has AVX-512 F.
+                unsafe { direct::add_weight_gradient(s, &patches.padded, &dconv, pixels, &mut dw) };
+            }
+            if !direct {
+                patches.im2col(s, x_i, &mut cols, pixels);
+                // dw[o×patch] += dconv[o×pixels] · cols[patch×pixels]ᵀ
+                matmul(
+                    o,
+                    patch,
+                    pixels,
+                    &mut dw,
+                    true,
+                    &dconv,
+                    (pixels as isize, 1),
+                    &cols,
+                    (1, pixels as isize),
+                    false,
+                );
+            }
             if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
                 // cols[patch×pixels] = weight[o×patch]ᵀ · dconv[o×pixels], then back to the image.
                 matmul(

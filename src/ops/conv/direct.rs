@@ -227,6 +227,39 @@ mod tests {
         (out, dw)
     }
 
+    /// The first layer's products are not rounded to bfloat16 at the `medium` precision.
+    #[test]
+    fn one_input_channel_stays_in_f32_when_bfloat16_is_asked_for() {
+        let s = ConvShape {
+            batch: 3,
+            in_channels: 1,
+            out_channels: 8,
+            height: 12,
+            width: 12,
+            kernel: 3,
+            padding: 1,
+        };
+        if !supports(&s) {
+            eprintln!("no AVX-512 here: nothing to compare");
+            return;
+        }
+        let general = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 * 0.001_234_5 - 0.6)
+                .collect()
+        };
+        let (x, w, b) = (general(3 * 144, 1), general(8 * 9, 2), general(8, 3));
+        assert_eq!(
+            super::super::forward(&s, &x, &w, &b, true),
+            super::super::forward(&s, &x, &w, &b, false)
+        );
+        let dy = general(3 * 8 * 144, 4);
+        assert_eq!(
+            super::super::backward(&s, &x, &w, &dy, false, true),
+            super::super::backward(&s, &x, &w, &dy, false, false)
+        );
+    }
+
     #[test]
     fn direct_sums_match_the_plain_sums() {
         if !crate::ops::lanes::available() {

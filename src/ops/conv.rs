@@ -1,7 +1,8 @@
 //! 2-D convolution (stride 1, zero padding, square kernel) on the CPU: im2col per image into the
 //! `gemm` crate's AVX-512 kernels, images spread over rayon's threads, with its own backward
-//! (weight, bias and input gradients). At the `medium` matmul precision, on CPUs with AMX tiles,
-//! the three products of each image run in bfloat16 with `f32` sums instead (`tiles`, on [`super::amx`]).
+//! (weight, bias and input gradients). At the `medium` matmul precision, on CPUs with a bfloat16
+//! kernel, the three products of each image run in bfloat16 with `f32` sums instead (`tiles`, on
+//! [`super::amx`]). Convolutions of one input channel skip im2col at every precision (`direct`).
 
 use std::ops::Range;
 

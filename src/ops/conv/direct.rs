@@ -59,19 +59,11 @@ fn forward_k<const K: usize, const T: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
-    let (oh, ow, pw) = (s.out_height(), s.out_width(), s.width + 2 * s.padding);
+    let (oh, ow, pw) = checked_sizes::<K>(s, padded, out.len(), stride);
     let o = s.out_channels;
-    assert!(
-        padded.len() >= (oh + K - 1) * pw,
-        "direct: padded plane too short"
-    );
     assert!(
         weight.len() >= o * T && bias.len() >= o,
         "direct: weights too short"
-    );
-    assert!(
-        o == 0 || out.len() >= (o - 1) * stride + oh * ow,
-        "direct: output too short"
     );
     for y in 0..oh {
         for x0 in (0..ow).step_by(16) {
@@ -84,13 +76,35 @@ fn forward_k<const K: usize, const T: usize>(
                     acc = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), taps[t], acc);
                 }
                 acc = _mm512_add_ps(acc, _mm512_set1_ps(bias[c]));
-                // SAFETY: the lanes in `mask` lie inside row `y` of plane `c` (asserted above).
+                // SAFETY: the lanes in `mask` lie inside row `y` of plane `c` (`checked_sizes`).
                 unsafe {
                     _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * stride + y * ow + x0), mask, acc)
                 };
             }
         }
     }
+}
+
+/// `(out_height, out_width, padded width)`, after checking that `padded` holds the plane a
+/// `K`x`K` kernel reads and that `planes` values hold every output channel's plane, `stride`
+/// apart (the kernels' loads and stores stay inside both).
+fn checked_sizes<const K: usize>(
+    s: &ConvShape,
+    padded: &[f32],
+    planes: usize,
+    stride: usize,
+) -> (usize, usize, usize) {
+    let (oh, ow, pw) = (s.out_height(), s.out_width(), s.width + 2 * s.padding);
+    assert!(
+        padded.len() >= (oh + K - 1) * pw,
+        "direct: padded plane too short"
+    );
+    let o = s.out_channels;
+    assert!(
+        o == 0 || planes >= (o - 1) * stride + oh * ow,
+        "direct: output planes too short"
+    );
+    (oh, ow, pw)
 }
 
 /// The `T` input runs that output run `(y, x0..x0 + 16)` multiplies, tap `(ky, kx)` at
@@ -109,7 +123,7 @@ fn input_runs<const K: usize, const T: usize>(
         for kx in 0..K {
             let at = (y + ky) * pw + x0 + kx;
             // SAFETY: the lanes in `mask` end before `kx + ow <= pw` in row `y + ky`, inside
-            // `padded` (the callers assert its length).
+            // `padded` (`checked_sizes`).
             taps[ky * K + kx] = unsafe { _mm512_maskz_loadu_ps(mask, padded.as_ptr().add(at)) };
         }
     }
@@ -137,7 +151,7 @@ pub(super) fn add_weight_gradient(
 }
 
 /// [`add_weight_gradient`] for a `K`x`K` kernel, two output channels at a time (`2T`
-/// accumulators, each tap's input run loaded once for both).
+/// accumulators, the input runs loaded once for both).
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn weight_gradient_k<const K: usize, const T: usize>(
@@ -147,19 +161,11 @@ fn weight_gradient_k<const K: usize, const T: usize>(
     stride: usize,
     dw: &mut [f32],
 ) {
-    let (oh, ow, pw) = (s.out_height(), s.out_width(), s.width + 2 * s.padding);
+    let (oh, ow, pw) = checked_sizes::<K>(s, padded, dconv.len(), stride);
     let o = s.out_channels;
-    assert!(
-        padded.len() >= (oh + K - 1) * pw,
-        "direct: padded plane too short"
-    );
-    assert!(
-        o == 0 || dconv.len() >= (o - 1) * stride + oh * ow,
-        "direct: gradient too short"
-    );
     assert!(dw.len() >= o * T, "direct: weight gradient too short");
     let run = |c: usize, y: usize, x0: usize, mask: __mmask16| {
-        // SAFETY: the lanes in `mask` lie inside row `y` of plane `c` (asserted above).
+        // SAFETY: the lanes in `mask` lie inside row `y` of plane `c` (`checked_sizes`).
         unsafe { _mm512_maskz_loadu_ps(mask, dconv.as_ptr().add(c * stride + y * ow + x0)) }
     };
     for c in (0..o).step_by(2) {
@@ -174,15 +180,10 @@ fn weight_gradient_k<const K: usize, const T: usize>(
                 } else {
                     _mm512_setzero_ps()
                 };
-                for ky in 0..K {
-                    for kx in 0..K {
-                        let at = (y + ky) * pw + x0 + kx;
-                        // SAFETY: as in `input_runs`.
-                        let v = unsafe { _mm512_maskz_loadu_ps(mask, padded.as_ptr().add(at)) };
-                        let t = ky * K + kx;
-                        acc[0][t] = _mm512_fmadd_ps(g0, v, acc[0][t]);
-                        acc[1][t] = _mm512_fmadd_ps(g1, v, acc[1][t]);
-                    }
+                let taps = input_runs::<K, T>(padded, pw, y, x0, mask);
+                for (t, v) in taps.into_iter().enumerate() {
+                    acc[0][t] = _mm512_fmadd_ps(g0, v, acc[0][t]);
+                    acc[1][t] = _mm512_fmadd_ps(g1, v, acc[1][t]);
                 }
             }
         }

@@ -13,6 +13,8 @@ mod direct;
 #[cfg(target_arch = "x86_64")]
 mod gather;
 mod tiles;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use super::add_partials;
 #[cfg(target_arch = "x86_64")]
@@ -277,6 +279,10 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: boo
     if bf16 && !is_direct(s) {
         return tiles::forward(s, x, weight, bias);
     }
+    #[cfg(target_arch = "x86_64")]
+    if winograd::supports(s) {
+        return winograd::forward(s, x, weight, bias);
+    }
     let mut out = vec![0f32; s.batch * s.out_image()];
     out.par_chunks_mut(s.out_image())
         .zip(x.par_chunks(s.in_image()))
@@ -320,6 +326,10 @@ pub fn forward_pooled(
 ) -> (Vec<f32>, Vec<u8>) {
     if bf16 && !is_direct(s) {
         return tiles::forward_pooled(s, x, weight, bias);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if winograd::supports(s) {
+        return winograd::forward_pooled(s, x, weight, bias);
     }
     let pixels = s.out_pixels();
     each_pooled_image(
@@ -399,8 +409,12 @@ fn backward_with(
     dconv_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
+    #[cfg(target_arch = "x86_64")]
+    if winograd::supports(s) {
+        return winograd::backward_with(s, x, weight, need_dx, dconv_of);
+    }
     let direct = is_direct(s);
-    per_task(s, need_dx, |images, mut dx_chunk| {
+    per_task(s, need_dx, o * patch, |images, mut dx_chunk| {
         let mut dw = vec![0f32; o * patch];
         let mut db = vec![0f32; o];
         let mut cols = vec![0f32; patch * pixels];
@@ -461,10 +475,12 @@ fn backward_with(
 
 /// Splits the batch into one task per worker thread: `task(images, dx_chunk)` handles a range of
 /// images, writes their input gradients into `dx_chunk` (when `need_dx`; the range's images
-/// from its start) and returns its partial `(dweight, dbias)`, summed here in task order.
+/// from its start) and returns its partial `(dweight, dbias)` (`dw_len` and `out_channels` values),
+/// summed here in task order.
 fn per_task(
     s: &ConvShape,
     need_dx: bool,
+    dw_len: usize,
     task: impl Fn(Range<usize>, Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
@@ -480,6 +496,9 @@ fn per_task(
         .map(|(t, dx_chunk)| task(t * per_task..((t + 1) * per_task).min(s.batch), dx_chunk))
         .collect();
     let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
-    let lengths = (s.out_channels * s.patch(), s.out_channels);
-    (add_partials(dw, lengths.0), add_partials(db, lengths.1), dx)
+    (
+        add_partials(dw, dw_len),
+        add_partials(db, s.out_channels),
+        dx,
+    )
 }

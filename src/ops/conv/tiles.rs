@@ -335,61 +335,66 @@ impl TileBackward {
     ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let (patch, o) = (s.patch(), s.out_channels);
         let x = bfloat16(x);
-        per_task(s, need_dx, |images, mut dx_chunk| {
-            let mut b = self.scratch(s, need_dx);
-            let mut db = vec![0f32; o];
-            for i in images.clone() {
-                fill(i, &mut b, &mut db);
-                let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
-                amx::gemm(
-                    self.patch,
-                    self.out_channels,
-                    self.pixels_k,
-                    &b.cols,
-                    self.pixels_k,
-                    &b.dconv_t,
-                    b.dconv_t_stride,
-                    &mut b.dw_t,
-                    self.out_channels,
-                    true,
-                );
-                if let (Some(dx_chunk), Some((pairs, stride))) =
-                    (dx_chunk.as_deref_mut(), b.pairs.as_ref())
-                {
-                    let local = i - images.start;
-                    let dx_i = &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()];
-                    let plane = s.height * s.width;
-                    // A block of channels at a time, so that its rows of `dcols` are still in the
-                    // cache when col2im reads them (the same tile products as one call: blocks
-                    // start on the 32-row grid).
-                    for (block, dx_block) in dx_i.chunks_mut(DX_CHANNELS * plane).enumerate() {
-                        let taps = s.kernel * s.kernel;
-                        let first = block * DX_CHANNELS * taps;
-                        amx::gemm(
-                            pad(dx_block.len() / plane * taps, 16),
-                            self.pixels,
-                            self.out_k,
-                            &self.weight_t[first * self.out_k..],
-                            self.out_k,
-                            pairs,
-                            *stride,
-                            &mut b.dcols,
-                            self.pixels,
-                            false,
-                        );
-                        col2im(s, &b.dcols, self.pixels, dx_block);
+        per_task(
+            s,
+            need_dx,
+            s.out_channels * s.patch(),
+            |images, mut dx_chunk| {
+                let mut b = self.scratch(s, need_dx);
+                let mut db = vec![0f32; o];
+                for i in images.clone() {
+                    fill(i, &mut b, &mut db);
+                    let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                    b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
+                    amx::gemm(
+                        self.patch,
+                        self.out_channels,
+                        self.pixels_k,
+                        &b.cols,
+                        self.pixels_k,
+                        &b.dconv_t,
+                        b.dconv_t_stride,
+                        &mut b.dw_t,
+                        self.out_channels,
+                        true,
+                    );
+                    if let (Some(dx_chunk), Some((pairs, stride))) =
+                        (dx_chunk.as_deref_mut(), b.pairs.as_ref())
+                    {
+                        let local = i - images.start;
+                        let dx_i = &mut dx_chunk[local * s.in_image()..(local + 1) * s.in_image()];
+                        let plane = s.height * s.width;
+                        // A block of channels at a time, so that its rows of `dcols` are still in the
+                        // cache when col2im reads them (the same tile products as one call: blocks
+                        // start on the 32-row grid).
+                        for (block, dx_block) in dx_i.chunks_mut(DX_CHANNELS * plane).enumerate() {
+                            let taps = s.kernel * s.kernel;
+                            let first = block * DX_CHANNELS * taps;
+                            amx::gemm(
+                                pad(dx_block.len() / plane * taps, 16),
+                                self.pixels,
+                                self.out_k,
+                                &self.weight_t[first * self.out_k..],
+                                self.out_k,
+                                pairs,
+                                *stride,
+                                &mut b.dcols,
+                                self.pixels,
+                                false,
+                            );
+                            col2im(s, &b.dcols, self.pixels, dx_block);
+                        }
                     }
                 }
-            }
-            let mut dw = vec![0f32; o * patch];
-            for (q, row) in b.dw_t.chunks(self.out_channels).take(patch).enumerate() {
-                for (c, &v) in row[..o].iter().enumerate() {
-                    dw[c * patch + q] = v;
+                let mut dw = vec![0f32; o * patch];
+                for (q, row) in b.dw_t.chunks(self.out_channels).take(patch).enumerate() {
+                    for (c, &v) in row[..o].iter().enumerate() {
+                        dw[c * patch + q] = v;
+                    }
                 }
-            }
-            (dw, db)
-        })
+                (dw, db)
+            },
+        )
     }
 }
 

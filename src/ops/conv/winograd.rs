@@ -1,0 +1,669 @@
+//! 3x3 convolutions in `f32` by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, 2016):
+//! each 2x2 block of output pixels comes from a 4x4 block of input pixels with 16
+//! multiplications per channel pair instead of 36, 2.25x fewer.
+//!
+//! With `V = Bᵀ d B` (an input tile `d`), `U = G g Gᵀ` (a kernel `g`) and `M = Σ_c U ⊙ V`, the
+//! output tile is `Y = Aᵀ M A`. The sum over input channels is, for each of the 16 positions of
+//! a tile, one matrix product over all the tiles of a group of images: `M[k] = U[k] · V[k]`
+//! (`[out × in] · [in × tiles]`), on the `gemm` crate's kernels. The backward pass is the exact
+//! adjoint of those same steps: `dM = A dY Aᵀ`, `dU[k] = dM[k] · V[k]ᵀ` then `dg = Gᵀ dU G`, and
+//! `dV[k] = U[k]ᵀ · dM[k]` then `dx += B dV Bᵀ` over the overlapping tiles. The values agree with
+//! the direct sums to rounding (the transforms add and subtract inputs before multiplying), not to
+//! the bit.
+
+use rayon::prelude::*;
+
+use super::{ConvShape, add_row_sums, per_task};
+use crate::ops::matmul::matmul;
+
+/// Positions of a transformed tile.
+const POS: usize = 16;
+
+/// The convolutions computed here: 3x3 kernels over enough input channels that the 16 products
+/// are not too thin for `gemm` (with 32, W3's second convolution, they ran no faster than
+/// im2col), images at most 30 pixels wide, AVX-512; `FMNIST_NO_WINOGRAD` set turns it off.
+pub(super) fn supports(s: &ConvShape) -> bool {
+    s.kernel == 3
+        && s.in_channels >= 64
+        && s.out_width() <= 30
+        && crate::ops::lanes::available()
+        && std::env::var_os("FMNIST_NO_WINOGRAD").is_none()
+}
+
+/// Tiles of one image: `(rows, columns)` of 2x2 output blocks.
+fn tiles(s: &ConvShape) -> (usize, usize) {
+    (s.out_height().div_ceil(2), s.out_width().div_ceil(2))
+}
+
+/// Images per group, so that a group's products have about 256 tile columns (larger groups
+/// measured slower: the transforms fall out of the cache).
+fn group_size(s: &ConvShape) -> usize {
+    let (th, tw) = tiles(s);
+    (256 / (th * tw)).clamp(1, s.batch.max(1))
+}
+
+/// `U[k][o][c]` (`[16 × out × in]`) from the kernels `weight[o][c][3][3]`: `G g Gᵀ`.
+fn transform_weights(s: &ConvShape, weight: &[f32]) -> Vec<f32> {
+    let (o_n, c_n) = (s.out_channels, s.in_channels);
+    let mut u = vec![0f32; POS * o_n * c_n];
+    for (oc, g) in weight.chunks_exact(9).enumerate() {
+        let mut rows = [[0f32; 3]; 4];
+        for j in 0..3 {
+            let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
+            rows[0][j] = a;
+            rows[1][j] = 0.5 * (a + b + c);
+            rows[2][j] = 0.5 * (a - b + c);
+            rows[3][j] = c;
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let t = [
+                r[0],
+                0.5 * (r[0] + r[1] + r[2]),
+                0.5 * (r[0] - r[1] + r[2]),
+                r[2],
+            ];
+            for (j, v) in t.into_iter().enumerate() {
+                u[(i * 4 + j) * o_n * c_n + oc] = v;
+            }
+        }
+    }
+    u
+}
+
+/// `dweight[o][c][3][3]` from `dU[k][o][c]`: `Gᵀ dU G`.
+fn untransform_weight_gradient(s: &ConvShape, du: &[f32]) -> Vec<f32> {
+    let oc_n = s.out_channels * s.in_channels;
+    let mut dw = vec![0f32; oc_n * 9];
+    for (oc, dg) in dw.chunks_exact_mut(9).enumerate() {
+        let m = |i: usize, j: usize| du[(i * 4 + j) * oc_n + oc];
+        // Gᵀ along the rows: [m0 + ½(m1 + m2), ½(m1 - m2), ½(m1 + m2) + m3].
+        let rows: [[f32; 4]; 3] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                let (a, b, c, d) = (m(0, j), m(1, j), m(2, j), m(3, j));
+                [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d][i]
+            })
+        });
+        for (i, r) in rows.iter().enumerate() {
+            dg[i * 3] = r[0] + 0.5 * (r[1] + r[2]);
+            dg[i * 3 + 1] = 0.5 * (r[1] - r[2]);
+            dg[i * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        }
+    }
+    dw
+}
+
+/// A group's scratch: the zero-padded plane of one channel (whose border the input transform
+/// never writes) and the plane that gathers its gradient, the transformed tiles and the output
+/// transform's sums.
+struct Scratch {
+    plane: Vec<f32>,
+    gradient_plane: Vec<f32>,
+    sums: Vec<f32>,
+    /// `V[k][c][t]`: `16 × in × tiles`.
+    v: Vec<f32>,
+    /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
+    m: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(s: &ConvShape) -> Self {
+        let (th, tw) = tiles(s);
+        let t = group_size(s) * th * tw;
+        Scratch {
+            plane: vec![0f32; (2 * th + 2) * (2 * tw + 2)],
+            gradient_plane: vec![0f32; (2 * th + 2) * (2 * tw + 2)],
+            sums: vec![0f32; 8 * th * tw],
+            v: vec![0f32; POS * s.in_channels * t],
+            m: vec![0f32; POS * s.out_channels * t],
+        }
+    }
+}
+
+/// `V = Bᵀ d B` for every tile of images `x` (a group, `in_image` values each) into `v`, whose
+/// rows hold `stride` tiles.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`supports`]).
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_input(
+    s: &ConvShape,
+    x: &[f32],
+    plane: &mut [f32],
+    v: &mut [f32],
+    stride: usize,
+) {
+    let (th, tw) = tiles(s);
+    let (c_n, hw, p, pw) = (s.in_channels, s.height * s.width, s.padding, 2 * tw + 2);
+    assert!(pw <= 32 && plane.len() >= (2 * th + 2) * pw);
+    for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
+        for (c, src) in image.chunks_exact(hw).enumerate() {
+            // The interior of the zero-padded plane (its border is never written).
+            for (y, row) in src.chunks_exact(s.width).enumerate() {
+                plane[(y + p) * pw + p..][..s.width].copy_from_slice(row);
+            }
+            for ty in 0..th {
+                let first = i * th * tw + ty * tw;
+                let base: [usize; 16] = std::array::from_fn(|k| (k * c_n + c) * stride + first);
+                // SAFETY: AVX-512 F (the caller's contract).
+                unsafe { transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw, tw, v, &base) };
+            }
+        }
+    }
+}
+
+/// One row of tiles: `Bᵀ d` down the four padded rows `rows` (`pw <= 32` values each), then
+/// along them; the `tw` tiles of position `k` are stored at `v[base[k]..]`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_tile_row(
+    rows: &[f32],
+    pw: usize,
+    tw: usize,
+    v: &mut [f32],
+    base: &[usize; 16],
+) {
+    use std::arch::x86_64::*;
+    assert!(pw <= 32 && rows.len() >= 4 * pw && tw < 16);
+    let (lo_mask, hi_mask) = (mask(pw.min(16)), mask(pw.saturating_sub(16)));
+    let (even, odd, even_next, odd_next) = (pick(0), pick(1), pick(2), pick(3));
+    let load = |r: usize| {
+        // SAFETY: masked loads of the `pw` values of row `r`, within `rows` (checked above).
+        unsafe {
+            let at = rows.as_ptr().add(r * pw);
+            (
+                _mm512_maskz_loadu_ps(lo_mask, at),
+                _mm512_maskz_loadu_ps(hi_mask, at.add(16)),
+            )
+        }
+    };
+    let (d0, d1, d2, d3) = (load(0), load(1), load(2), load(3));
+    let sub = |a: (__m512, __m512), b: (__m512, __m512)| {
+        (_mm512_sub_ps(a.0, b.0), _mm512_sub_ps(a.1, b.1))
+    };
+    let add = |a: (__m512, __m512), b: (__m512, __m512)| {
+        (_mm512_add_ps(a.0, b.0), _mm512_add_ps(a.1, b.1))
+    };
+    let columns = [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)];
+    for (a, (lo, hi)) in columns.into_iter().enumerate() {
+        let e = _mm512_permutex2var_ps(lo, even, hi);
+        let o = _mm512_permutex2var_ps(lo, odd, hi);
+        let e1 = _mm512_permutex2var_ps(lo, even_next, hi);
+        let o1 = _mm512_permutex2var_ps(lo, odd_next, hi);
+        let h = [
+            _mm512_sub_ps(e, e1),
+            _mm512_add_ps(o, e1),
+            _mm512_sub_ps(e1, o),
+            _mm512_sub_ps(o, o1),
+        ];
+        for (j, value) in h.into_iter().enumerate() {
+            let at = base[a * 4 + j];
+            assert!(at + tw <= v.len());
+            // SAFETY: `tw` values from `at`, within `v` (checked above).
+            unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
+        }
+    }
+}
+
+/// The mask of the first `n` lanes (at most 16).
+fn mask(n: usize) -> u16 {
+    if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+}
+
+/// `out = Aᵀ M A` (plus `bias`) for images of the group whose tiles `m` holds (rows of `stride`
+/// tiles), cropped to the output size: `out` holds the images one after the other. The sums run
+/// along all tiles of a plane at once, and only the last step interleaves them into rows.
+fn transform_output(
+    s: &ConvShape,
+    m: &[f32],
+    stride: usize,
+    bias: &[f32],
+    out: &mut [f32],
+    sums: &mut [f32],
+) {
+    let (th, tw) = tiles(s);
+    let (oh, ow, o_n, n_t) = (s.out_height(), s.out_width(), s.out_channels, th * tw);
+    for (i, image) in out.chunks_exact_mut(o_n * oh * ow).enumerate() {
+        for (o, plane) in image.chunks_exact_mut(oh * ow).enumerate() {
+            let at = |k: usize| &m[(k * o_n + o) * stride + i * n_t..][..n_t];
+            // Aᵀ m down the rows: r[a][j] = sums[(a * 4 + j) * n_t + t].
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                let (r0, r1) = sums[j * n_t..].split_at_mut(4 * n_t);
+                for t in 0..n_t {
+                    r0[t] = m0[t] + m1[t] + m2[t];
+                    r1[t] = m1[t] - m2[t] - m3[t];
+                }
+            }
+            // Then along the columns, into the output rows.
+            for a in 0..2 {
+                let r = |j: usize| &sums[(a * 4 + j) * n_t..][..n_t];
+                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                for ty in 0..th {
+                    let y = 2 * ty + a;
+                    if y >= oh {
+                        break;
+                    }
+                    let row = &mut plane[y * ow..][..ow];
+                    for tx in 0..tw {
+                        let t = ty * tw + tx;
+                        row[2 * tx] = r0[t] + r1[t] + r2[t] + bias[o];
+                        if 2 * tx + 1 < ow {
+                            row[2 * tx + 1] = r1[t] - r2[t] - r3[t] + bias[o];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `M[k] = U[k] · V[k]` for the 16 positions: `[out × in] · [in × tiles]`.
+fn products(s: &ConvShape, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize) {
+    let (o_n, c_n) = (s.out_channels, s.in_channels);
+    for k in 0..POS {
+        matmul(
+            o_n,
+            tiles,
+            c_n,
+            &mut m[k * o_n * tiles..],
+            false,
+            &u[k * o_n * c_n..],
+            (c_n as isize, 1),
+            &v[k * c_n * tiles..],
+            (tiles as isize, 1),
+            false,
+        );
+    }
+}
+
+/// The convolution of a group of images `x_g` into `out_g`.
+fn forward_group(
+    s: &ConvShape,
+    u: &[f32],
+    bias: &[f32],
+    scratch: &mut Scratch,
+    x_g: &[f32],
+    out_g: &mut [f32],
+) {
+    let (th, tw) = tiles(s);
+    let tiles = x_g.len() / s.in_image() * th * tw;
+    // SAFETY: `supports` checked that the CPU has AVX-512 F.
+    unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, tiles) };
+    products(s, u, &scratch.v, &mut scratch.m, tiles);
+    transform_output(s, &scratch.m, tiles, bias, out_g, &mut scratch.sums);
+}
+
+/// Forward: the convolution of every image (`[batch, out, oh, ow]`), groups of images spread over
+/// rayon's threads.
+pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let u = transform_weights(s, weight);
+    let group = group_size(s);
+    let mut out = vec![0f32; s.batch * s.out_image()];
+    out.par_chunks_mut(group * s.out_image())
+        .zip(x.par_chunks(group * s.in_image()))
+        .for_each_init(
+            || Scratch::new(s),
+            |scratch, (out_g, x_g)| forward_group(s, &u, bias, scratch, x_g, out_g),
+        );
+    out
+}
+
+/// [`forward`] followed by 2x2 max pooling: `(pooled values, argmax codes)` as
+/// [`super::forward_pooled`] returns them.
+pub(super) fn forward_pooled(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+) -> (Vec<f32>, Vec<u8>) {
+    let u = transform_weights(s, weight);
+    let group = group_size(s);
+    let per_image = s.out_channels * s.pooled_pixels();
+    let mut out = vec![0f32; s.batch * per_image];
+    let mut arg = vec![0u8; s.batch * per_image];
+    out.par_chunks_mut(group * per_image)
+        .zip(arg.par_chunks_mut(group * per_image))
+        .zip(x.par_chunks(group * s.in_image()))
+        .for_each_init(
+            || (Scratch::new(s), vec![0f32; group * s.out_image()]),
+            |(scratch, conv), ((out_g, arg_g), x_g)| {
+                let images = x_g.len() / s.in_image();
+                let conv = &mut conv[..images * s.out_image()];
+                forward_group(s, &u, bias, scratch, x_g, conv);
+                for ((conv_i, out_i), arg_i) in conv
+                    .chunks_exact(s.out_image())
+                    .zip(out_g.chunks_exact_mut(per_image))
+                    .zip(arg_g.chunks_exact_mut(per_image))
+                {
+                    super::pool_image(s, conv_i, (s.out_pixels(), s.out_width()), out_i, arg_i);
+                }
+            },
+        );
+    (out, arg)
+}
+
+/// `dM = A dY Aᵀ` for every tile of a group's output gradient `dy` (`out_image` values per
+/// image; the cropped pixels of odd sizes count as zero) into `dm`, rows of `stride` tiles.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`supports`]).
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_output_gradient(s: &ConvShape, dy: &[f32], dm: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let (th, tw) = tiles(s);
+    let (oh, ow, o_n, n_t) = (s.out_height(), s.out_width(), s.out_channels, th * tw);
+    assert!(ow <= 30 && tw < 16);
+    let (lo_mask, hi_mask) = (mask(ow.min(16)), mask(ow.saturating_sub(16)));
+    let (even, odd) = (pick(0), pick(1));
+    for (i, image) in dy.chunks_exact(o_n * oh * ow).enumerate() {
+        for (o, plane) in image.chunks_exact(oh * ow).enumerate() {
+            for ty in 0..th {
+                // The even and odd columns of output rows 2ty and 2ty + 1 (zero below the image).
+                let row = |y: usize| {
+                    if y >= oh {
+                        return (_mm512_setzero_ps(), _mm512_setzero_ps());
+                    }
+                    let at = plane[y * ow..][..ow].as_ptr();
+                    // SAFETY: masked loads of the row's `ow` values.
+                    let (lo, hi) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(lo_mask, at),
+                            _mm512_maskz_loadu_ps(hi_mask, at.add(16)),
+                        )
+                    };
+                    (
+                        _mm512_permutex2var_ps(lo, even, hi),
+                        _mm512_permutex2var_ps(lo, odd, hi),
+                    )
+                };
+                // A along the rows, then the columns: (1, 0), (1, 1), (1, -1), (0, -1).
+                let expand = |a: __m512, b: __m512| {
+                    [
+                        a,
+                        _mm512_add_ps(a, b),
+                        _mm512_sub_ps(a, b),
+                        _mm512_sub_ps(_mm512_setzero_ps(), b),
+                    ]
+                };
+                let (top, bottom) = (row(2 * ty), row(2 * ty + 1));
+                let (left, right) = (expand(top.0, bottom.0), expand(top.1, bottom.1));
+                let first = i * n_t + ty * tw;
+                for r in 0..4 {
+                    for (j, value) in expand(left[r], right[r]).into_iter().enumerate() {
+                        let at = ((r * 4 + j) * o_n + o) * stride + first;
+                        assert!(at + tw <= dm.len());
+                        // SAFETY: `tw` values from `at`, within `dm` (checked above).
+                        unsafe { _mm512_mask_storeu_ps(dm.as_mut_ptr().add(at), mask(tw), value) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dx = Σ_tiles B dV Bᵀ` for the images of a group (`in_image` values each), from `dv`
+/// (`[16 × in × tiles]`, rows of `stride` tiles), through a zero-padded plane per channel.
+///
+/// # Safety
+/// The CPU must have AVX-512 F ([`supports`]).
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_input_gradient(
+    s: &ConvShape,
+    dv: &[f32],
+    stride: usize,
+    plane: &mut [f32],
+    dx: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (th, tw) = tiles(s);
+    let (c_n, hw, p, pw, n_t) = (
+        s.in_channels,
+        s.height * s.width,
+        s.padding,
+        2 * tw + 2,
+        th * tw,
+    );
+    assert!(pw <= 32 && plane.len() >= (2 * th + 2) * pw);
+    let (lo_mask, hi_mask) = (mask(pw.min(16)), mask(pw.saturating_sub(16)));
+    // Lanes 0-15 of the even values, then of the odd ones, interleaved into a row of 32.
+    let interleave = |first: i32| {
+        let at: [i32; 16] = std::array::from_fn(|l| {
+            let column = first + l as i32;
+            (column / 2) + if column % 2 == 1 { 16 } else { 0 }
+        });
+        // SAFETY: 16 values from an array of 16.
+        unsafe { _mm512_loadu_si512(at.as_ptr().cast()) }
+    };
+    let (low_half, high_half) = (interleave(0), interleave(16));
+    // One lane up (lane 0 zero): the tile to the left's contribution.
+    let up = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14);
+    // Bᵀ's columns as rows: [v0, v1 - v2 + v3, v1 + v2 - v0, -v3].
+    let spread = |v: [__m512; 4]| {
+        [
+            v[0],
+            _mm512_add_ps(_mm512_sub_ps(v[1], v[2]), v[3]),
+            _mm512_sub_ps(_mm512_add_ps(v[1], v[2]), v[0]),
+            _mm512_sub_ps(_mm512_setzero_ps(), v[3]),
+        ]
+    };
+    for (i, image) in dx.chunks_exact_mut(c_n * hw).enumerate() {
+        for (c, dst) in image.chunks_exact_mut(hw).enumerate() {
+            plane.fill(0.0);
+            for ty in 0..th {
+                let first = i * n_t + ty * tw;
+                let load = |k: usize| {
+                    let at = (k * c_n + c) * stride + first;
+                    assert!(at + tw <= dv.len());
+                    // SAFETY: `tw` values from `at`, within `dv` (checked above).
+                    unsafe { _mm512_maskz_loadu_ps(mask(tw), dv.as_ptr().add(at)) }
+                };
+                let columns: [[__m512; 4]; 4] = std::array::from_fn(|j| {
+                    spread([load(j), load(4 + j), load(8 + j), load(12 + j)])
+                });
+                for r in 0..4 {
+                    let d = spread([columns[0][r], columns[1][r], columns[2][r], columns[3][r]]);
+                    // Column 2tx + s of the padded row gets d[s][tx]: evens d0 + d2 of the tile
+                    // to the left, odds d1 + d3 of the tile to the left.
+                    let shifted = |v: __m512| _mm512_maskz_permutexvar_ps(0xfffe, up, v);
+                    let e = _mm512_add_ps(d[0], shifted(d[2]));
+                    let o = _mm512_add_ps(d[1], shifted(d[3]));
+                    let lo = _mm512_permutex2var_ps(e, low_half, o);
+                    let hi = _mm512_permutex2var_ps(e, high_half, o);
+                    let at = plane[(2 * ty + r) * pw..][..pw].as_mut_ptr();
+                    // SAFETY: masked loads and stores of the row's `pw` values.
+                    unsafe {
+                        let sum_lo = _mm512_add_ps(_mm512_maskz_loadu_ps(lo_mask, at), lo);
+                        let sum_hi = _mm512_add_ps(_mm512_maskz_loadu_ps(hi_mask, at.add(16)), hi);
+                        _mm512_mask_storeu_ps(at, lo_mask, sum_lo);
+                        _mm512_mask_storeu_ps(at.add(16), hi_mask, sum_hi);
+                    }
+                }
+            }
+            for (y, row) in dst.chunks_exact_mut(s.width).enumerate() {
+                row.copy_from_slice(&plane[(y + p) * pw + p..][..s.width]);
+            }
+        }
+    }
+}
+
+/// The permutation that picks lanes `first, first + 2, ...` of a pair of vectors (32 values).
+#[target_feature(enable = "avx512f")]
+fn pick(first: i32) -> std::arch::x86_64::__m512i {
+    let at: [i32; 16] = std::array::from_fn(|l| (first + 2 * l as i32) & 31);
+    // SAFETY: 16 values from an array of 16.
+    unsafe { std::arch::x86_64::_mm512_loadu_si512(at.as_ptr().cast()) }
+}
+
+/// The backward pass, as [`super::backward_with`] defines it: `dconv_of(i, buffer)` writes image
+/// `i`'s output gradient. Each worker's images go through in groups: the output gradient and the
+/// recomputed input transforms feed the weight-gradient products `dU[k] += dM[k] · V[k]ᵀ`, and
+/// (when `need_dx`) `dV[k] = U[k]ᵀ · dM[k]` goes back to the images.
+pub(super) fn backward_with(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    need_dx: bool,
+    dconv_of: impl Fn(usize, &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let u = transform_weights(s, weight);
+    let (o_n, c_n, group) = (s.out_channels, s.in_channels, group_size(s));
+    let (th, tw) = tiles(s);
+    let (dw, db, dx) = per_task(s, need_dx, POS * o_n * c_n, |images, mut dx_chunk| {
+        let mut du = vec![0f32; POS * o_n * c_n];
+        let mut db = vec![0f32; o_n];
+        let mut scratch = Scratch::new(s);
+        let mut dconv = vec![0f32; group * s.out_image()];
+        for first in images.clone().step_by(group) {
+            let count = group.min(images.end - first);
+            let tiles = count * th * tw;
+            let dconv = &mut dconv[..count * s.out_image()];
+            for (n, dy_i) in dconv.chunks_exact_mut(s.out_image()).enumerate() {
+                dconv_of(first + n, dy_i);
+                add_row_sums(&mut db, dy_i, s.out_pixels());
+            }
+            // SAFETY: `supports` checked that the CPU has AVX-512 F.
+            unsafe { transform_output_gradient(s, dconv, &mut scratch.m, tiles) };
+            let x_g = &x[first * s.in_image()..(first + count) * s.in_image()];
+            // SAFETY: `supports` checked that the CPU has AVX-512 F.
+            unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, tiles) };
+            for k in 0..POS {
+                let (dm, v) = (&scratch.m[k * o_n * tiles..], &scratch.v[k * c_n * tiles..]);
+                let du = &mut du[k * o_n * c_n..];
+                matmul(
+                    o_n,
+                    c_n,
+                    tiles,
+                    du,
+                    true,
+                    dm,
+                    (tiles as isize, 1),
+                    v,
+                    (1, tiles as isize),
+                    false,
+                );
+            }
+            let Some(dx_chunk) = dx_chunk.as_deref_mut() else {
+                continue;
+            };
+            for k in 0..POS {
+                let dv = &mut scratch.v[k * c_n * tiles..];
+                let (u, dm) = (&u[k * o_n * c_n..], &scratch.m[k * o_n * tiles..]);
+                matmul(
+                    c_n,
+                    tiles,
+                    o_n,
+                    dv,
+                    false,
+                    u,
+                    (1, c_n as isize),
+                    dm,
+                    (tiles as isize, 1),
+                    false,
+                );
+            }
+            let local = (first - images.start) * s.in_image();
+            let dx_g = &mut dx_chunk[local..local + count * s.in_image()];
+            // SAFETY: as above.
+            unsafe {
+                transform_input_gradient(s, &scratch.v, tiles, &mut scratch.gradient_plane, dx_g)
+            };
+        }
+        (du, db)
+    });
+    (untransform_weight_gradient(s, &dw), db, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain sums in `f64`: `(out, dweight, dbias, dx)` for output gradient `dy`.
+    fn reference(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [Vec<f64>; 4] {
+        let (oh, ow, p) = (s.out_height(), s.out_width(), s.padding as isize);
+        let (c_n, o_n, h, wd) = (s.in_channels, s.out_channels, s.height, s.width);
+        let mut out = vec![0f64; s.batch * o_n * oh * ow];
+        let (mut dw, mut db, mut dx) = (vec![0f64; w.len()], vec![0f64; o_n], vec![0f64; x.len()]);
+        for n in 0..s.batch {
+            for o in 0..o_n {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let at = ((n * o_n + o) * oh + y) * ow + xx;
+                        let g = dy[at] as f64;
+                        db[o] += g;
+                        let mut sum = b[o] as f64;
+                        for c in 0..c_n {
+                            for t in 0..9 {
+                                let iy = y as isize + (t / 3) as isize - p;
+                                let ix = xx as isize + (t % 3) as isize - p;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((n * c_n + c) * h + iy as usize) * wd + ix as usize;
+                                let wi = (o * c_n + c) * 9 + t;
+                                sum += w[wi] as f64 * x[xi] as f64;
+                                dw[wi] += g * x[xi] as f64;
+                                dx[xi] += g * w[wi] as f64;
+                            }
+                        }
+                        out[at] = sum;
+                    }
+                }
+            }
+        }
+        [out, dw, db, dx]
+    }
+
+    fn assert_close(name: &str, got: &[f32], want: &[f64]) {
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * scale,
+                "{name}[{i}]: {g} against {w}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{name}");
+    }
+
+    #[test]
+    fn winograd_matches_the_plain_sums_forward_and_backward() {
+        if !crate::ops::lanes::available() {
+            return;
+        }
+        // Odd and even sizes, with and without padding, batches over one and several groups.
+        for (batch, height, padding) in [(3, 9, 1), (2, 13, 0), (9, 7, 1), (2, 28, 1)] {
+            let s = ConvShape {
+                batch,
+                in_channels: 64,
+                out_channels: 12,
+                height,
+                width: height,
+                kernel: 3,
+                padding,
+            };
+            assert!(supports(&s));
+            let wave = |n: usize, k: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * k) % 997) as f32 / 997.0 - 0.5)
+                    .collect()
+            };
+            let x = wave(s.batch * s.in_image(), 7919);
+            let w = wave(s.out_channels * s.patch(), 104_729);
+            let b = wave(s.out_channels, 31);
+            let dy = wave(s.batch * s.out_image(), 613);
+            let [out, dw, db, dx] = reference(&s, &x, &w, &b, &dy);
+            assert_close("out", &forward(&s, &x, &w, &b), &out);
+            let dy_of = |i: usize, buf: &mut [f32]| {
+                buf.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()])
+            };
+            let (got_dw, got_db, got_dx) = backward_with(&s, &x, &w, true, dy_of);
+            assert_close("dweight", &got_dw, &dw);
+            assert_close("dbias", &got_db, &db);
+            assert_close("dx", &got_dx.unwrap(), &dx);
+            let (pooled, _) = forward_pooled(&s, &x, &w, &b);
+            let planes = s.batch * s.out_channels;
+            let conv = forward(&s, &x, &w, &b);
+            let (plain, _) =
+                crate::ops::pool::forward(&conv, planes, s.out_height(), s.out_width());
+            assert_eq!(pooled, plain, "pooling after the Winograd forward");
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! `gemm` crate's AVX-512 kernels, images spread over rayon's threads, with its own backward
 //! (weight, bias and input gradients). At the `medium` matmul precision, on CPUs with a bfloat16
 //! kernel, the three products of each image run in bfloat16 with `f32` sums instead (`tiles`, on
-//! [`super::amx`]). Convolutions of one input channel skip im2col at every precision (`direct`).
+//! [`super::amx`]). Convolutions of one input channel skip im2col at every precision (`direct`);
+//! in `f32`, 3x3 convolutions of 64 or more input channels run by Winograd's F(2x2, 3x3)
+//! (`winograd`).
 
 use std::ops::Range;
 

@@ -23,7 +23,7 @@ pub(super) fn supports(s: &ConvShape) -> bool {
 
 /// The mask of the first `n` lanes (at most 16).
 #[inline(always)]
-fn lanes_mask(n: usize) -> __mmask16 {
+pub(super) fn lanes_mask(n: usize) -> __mmask16 {
     if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
 }
 

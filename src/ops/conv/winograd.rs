@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::direct::lanes_mask as mask;
 use super::{ConvShape, add_row_sums, per_task};
 use crate::ops::matmul::matmul;
 
@@ -27,7 +28,13 @@ pub(super) fn supports(s: &ConvShape) -> bool {
         && s.in_channels >= 64
         && s.out_width() <= 30
         && crate::ops::lanes::available()
-        && std::env::var_os("FMNIST_NO_WINOGRAD").is_none()
+        && !turned_off()
+}
+
+/// Whether `FMNIST_NO_WINOGRAD` is set (read once).
+fn turned_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("FMNIST_NO_WINOGRAD").is_some())
 }
 
 /// Tiles of one image: `(rows, columns)` of 2x2 output blocks.
@@ -201,11 +208,6 @@ unsafe fn transform_tile_row(
             unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
         }
     }
-}
-
-/// The mask of the first `n` lanes (at most 16).
-fn mask(n: usize) -> u16 {
-    if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
 }
 
 /// `out = Aᵀ M A` (plus `bias`) for images of the group whose tiles `m` holds (rows of `stride`

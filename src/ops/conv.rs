@@ -3,8 +3,8 @@
 //! (weight, bias and input gradients). At the `medium` matmul precision, on CPUs with a bfloat16
 //! kernel, the three products of each image run in bfloat16 with `f32` sums instead (`tiles`, on
 //! [`super::amx`]). Convolutions of one input channel skip im2col at every precision (`direct`);
-//! in `f32`, 3x3 convolutions of 64 or more input channels run by Winograd's F(2x2, 3x3)
-//! (`winograd`).
+//! 3x3 convolutions of 64 or more input channels run by Winograd's F(2x2, 3x3) (`winograd`), in
+//! `f32`, and in bfloat16 on `vdpbf16ps` ([`path`] chooses).
 
 use std::ops::Range;
 
@@ -275,15 +275,44 @@ fn add_bias(out: &mut [f32], pixels: usize, stride: usize, bias: &[f32]) {
     }
 }
 
-/// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`, the
-/// products in bfloat16 tiles when `bf16` (see [`super::amx::use_bf16`]).
-pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: bool) -> Vec<f32> {
-    if bf16 && !is_direct(s) {
-        return tiles::forward(s, x, weight, bias);
-    }
+/// How a convolution is computed.
+enum Path {
+    /// im2col with bfloat16 products (`tiles`).
+    Bf16Im2col,
+    /// Winograd's F(2x2, 3x3) with products at this precision.
     #[cfg(target_arch = "x86_64")]
-    if winograd::supports(s) {
-        return winograd::forward(s, x, weight, bias);
+    Winograd(winograd::Precision),
+    /// `f32` im2col, or direct for one input channel.
+    F32,
+}
+
+/// The path of a convolution with bfloat16 products asked for when `bf16`: Winograd where it
+/// applies at that precision, else im2col (a convolution of one input channel in `f32`).
+fn path(s: &ConvShape, bf16: bool) -> Path {
+    let bf16 = bf16 && !is_direct(s);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use winograd::Precision;
+        let precision = if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        if winograd::supports(s, precision) {
+            return Path::Winograd(precision);
+        }
+    }
+    if bf16 { Path::Bf16Im2col } else { Path::F32 }
+}
+
+/// Forward: `out[n][o][y][x] = bias[o] + sum w[o][c][ky][kx] · x[n][c][y+ky-p][x+kx-p]`, the
+/// products in bfloat16 when `bf16` (see [`super::amx::use_bf16`]).
+pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32], bf16: bool) -> Vec<f32> {
+    match path(s, bf16) {
+        Path::Bf16Im2col => return tiles::forward(s, x, weight, bias),
+        #[cfg(target_arch = "x86_64")]
+        Path::Winograd(precision) => return winograd::forward(s, x, weight, bias, precision),
+        Path::F32 => {}
     }
     let mut out = vec![0f32; s.batch * s.out_image()];
     out.par_chunks_mut(s.out_image())
@@ -326,12 +355,13 @@ pub fn forward_pooled(
     bias: &[f32],
     bf16: bool,
 ) -> (Vec<f32>, Vec<u8>) {
-    if bf16 && !is_direct(s) {
-        return tiles::forward_pooled(s, x, weight, bias);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if winograd::supports(s) {
-        return winograd::forward_pooled(s, x, weight, bias);
+    match path(s, bf16) {
+        Path::Bf16Im2col => return tiles::forward_pooled(s, x, weight, bias),
+        #[cfg(target_arch = "x86_64")]
+        Path::Winograd(precision) => {
+            return winograd::forward_pooled(s, x, weight, bias, precision);
+        }
+        Path::F32 => {}
     }
     let pixels = s.out_pixels();
     each_pooled_image(
@@ -360,11 +390,11 @@ pub fn backward(
     need_dx: bool,
     bf16: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    if bf16 && !is_direct(s) {
+    if let Path::Bf16Im2col = path(s, bf16) {
         return tiles::backward(s, x, weight, dy, need_dx);
     }
     let dy_of = |i: usize| &dy[i * s.out_image()..(i + 1) * s.out_image()];
-    backward_with(s, x, weight, need_dx, |i, dconv| {
+    backward_with(s, x, weight, need_dx, bf16, |i, dconv| {
         dconv.copy_from_slice(dy_of(i));
     })
 }
@@ -381,11 +411,11 @@ pub fn backward_pooled(
     need_dx: bool,
     bf16: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    if bf16 && !is_direct(s) {
+    if let Path::Bf16Im2col = path(s, bf16) {
         return tiles::backward_pooled(s, x, weight, dy, arg, need_dx);
     }
     let (pixels, pooled, o) = (s.out_pixels(), s.pooled_pixels(), s.out_channels);
-    backward_with(s, x, weight, need_dx, |i, dconv| {
+    backward_with(s, x, weight, need_dx, bf16, |i, dconv| {
         for c in 0..o {
             let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
             super::pool::unpool_plane(
@@ -399,8 +429,9 @@ pub fn backward_pooled(
     })
 }
 
-/// The shared backward pass. `dconv_of(i, buffer)` writes image `i`'s gradient with respect to
-/// the convolution output (`[out_channels × pixels]`). The batch is split into one task per
+/// The shared backward pass of the Winograd and `f32` im2col paths (bfloat16 products when
+/// `bf16` and Winograd applies). `dconv_of(i, buffer)` writes image `i`'s gradient with respect
+/// to the convolution output (`[out_channels × pixels]`). The batch is split into one task per
 /// thread; each task accumulates its weight and bias gradients (`dy_i · cols_iᵀ`) and writes its
 /// images' input gradients (`col2im(weightᵀ · dy_i)`), all in per-task buffers.
 fn backward_with(
@@ -408,12 +439,13 @@ fn backward_with(
     x: &[f32],
     weight: &[f32],
     need_dx: bool,
+    bf16: bool,
     dconv_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
     #[cfg(target_arch = "x86_64")]
-    if winograd::supports(s) {
-        return winograd::backward_with(s, x, weight, need_dx, dconv_of);
+    if let Path::Winograd(precision) = path(s, bf16) {
+        return winograd::backward_with(s, x, weight, need_dx, precision, dconv_of);
     }
     let direct = is_direct(s);
     per_task(s, need_dx, o * patch, |images, mut dx_chunk| {

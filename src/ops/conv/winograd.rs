@@ -9,7 +9,9 @@
 //! adjoint of those same steps: `dM = A dY Aᵀ`, `dU[k] = dM[k] · V[k]ᵀ` then `dg = Gᵀ dU G`, and
 //! `dV[k] = U[k]ᵀ · dM[k]` then `dx += B dV Bᵀ` over the overlapping tiles. The values agree with
 //! the direct sums to rounding (the transforms add and subtract inputs before multiplying), not to
-//! the bit.
+//! the bit. At the `medium` precision the products take bfloat16 operands ([`bf16`]).
+
+mod bf16;
 
 use rayon::prelude::*;
 
@@ -20,15 +22,30 @@ use crate::ops::matmul::matmul;
 /// Positions of a transformed tile.
 const POS: usize = 16;
 
-/// The convolutions computed here: 3x3 kernels over enough input channels that the 16 products
-/// are not too thin for `gemm` (with 32, W3's second convolution, they ran no faster than
-/// im2col), images at most 30 pixels wide, AVX-512; `FMNIST_NO_WINOGRAD` set turns it off.
-pub(super) fn supports(s: &ConvShape) -> bool {
+/// The precision of the 16 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Precision {
+    /// `f32` on the `gemm` crate's kernels.
+    F32,
+    /// bfloat16 operands, `f32` sums ([`bf16`]).
+    Bf16,
+}
+
+/// Whether the convolution is computed here at `precision`: 3x3 kernels over enough input
+/// channels that the 16 products are not too thin (with 32, W3's second convolution, they ran no
+/// faster than im2col in `f32`), images at most 30 pixels wide, AVX-512; in bfloat16 only on
+/// `vdpbf16ps` (where it was measured faster than im2col; the AMX tiles keep im2col) and for
+/// channel counts that are multiples of 32. `FMNIST_NO_WINOGRAD` set turns it off.
+pub(super) fn supports(s: &ConvShape, precision: Precision) -> bool {
+    let bf16_fits = || {
+        bf16::fits(s) && crate::ops::amx::kernel() == Some(crate::ops::amx::Bf16Kernel::DotProduct)
+    };
     s.kernel == 3
         && s.in_channels >= 64
         && s.out_width() <= 30
         && crate::ops::lanes::available()
         && !turned_off()
+        && (precision == Precision::F32 || bf16_fits())
 }
 
 /// Whether `FMNIST_NO_WINOGRAD` is set (read once).
@@ -99,29 +116,117 @@ fn untransform_weight_gradient(s: &ConvShape, du: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// A group's scratch: the zero-padded plane of one channel (whose border the input transform
-/// never writes) and the plane that gathers its gradient, the transformed tiles and the output
-/// transform's sums.
+/// A group's scratch: the zero-padded planes of two channels (whose borders the input transforms
+/// never write) and the plane that gathers its gradient, the transformed tiles and the output
+/// transform's sums, and the bfloat16 operands.
 struct Scratch {
     plane: Vec<f32>,
     gradient_plane: Vec<f32>,
     sums: Vec<f32>,
-    /// `V[k][c][t]`: `16 × in × tiles`.
+    /// `V[k][c][t]`: `16 × in × tiles` (rows of [`Products::stride`] tiles).
     v: Vec<f32>,
     /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
     m: Vec<f32>,
+    bf16: Option<bf16::Operands>,
 }
 
 impl Scratch {
-    fn new(s: &ConvShape) -> Self {
+    fn new(s: &ConvShape, products: &Products) -> Self {
         let (th, tw) = tiles(s);
         let t = group_size(s) * th * tw;
+        let stride = products.stride(t);
         Scratch {
-            plane: vec![0f32; (2 * th + 2) * (2 * tw + 2)],
+            plane: vec![0f32; 2 * (2 * th + 2) * (2 * tw + 2)],
             gradient_plane: vec![0f32; (2 * th + 2) * (2 * tw + 2)],
             sums: vec![0f32; 8 * th * tw],
-            v: vec![0f32; POS * s.in_channels * t],
-            m: vec![0f32; POS * s.out_channels * t],
+            v: vec![0f32; POS * s.in_channels * stride],
+            m: vec![0f32; POS * s.out_channels * stride],
+            bf16: matches!(products, Products::Bf16 { .. }).then(|| bf16::Operands::new(s, t)),
+        }
+    }
+}
+
+/// The transformed kernels, in the precision of the products.
+enum Products {
+    F32 { u: Vec<f32> },
+    Bf16 { u: bf16::Weights },
+}
+
+impl Products {
+    fn new(s: &ConvShape, weight: &[f32], precision: Precision) -> Self {
+        let u = transform_weights(s, weight);
+        match precision {
+            Precision::F32 => Products::F32 { u },
+            Precision::Bf16 => Products::Bf16 {
+                u: bf16::Weights::new(s, &u),
+            },
+        }
+    }
+
+    /// The row stride of `V`, `M`, `dM` and `dV` for a group of `tiles` tiles.
+    fn stride(&self, tiles: usize) -> usize {
+        match self {
+            Products::F32 { .. } => tiles,
+            Products::Bf16 { .. } => bf16::stride(tiles),
+        }
+    }
+
+    /// The input transforms `V` of the images `x_g` (`tiles` tiles), then `M[k] = U[k] · V[k]`
+    /// for the 16 positions: `[out × in] · [in × tiles]` into `scratch.m`.
+    fn forward(&self, s: &ConvShape, x_g: &[f32], scratch: &mut Scratch, tiles: usize) {
+        let stride = self.stride(tiles);
+        match self {
+            Products::F32 { u } => {
+                // SAFETY: `supports` checked that the CPU has AVX-512 F.
+                unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, stride) };
+                f32_forward(s, u, &scratch.v, &mut scratch.m, tiles)
+            }
+            Products::Bf16 { u } => {
+                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                // SAFETY: `supports` checked AVX-512 F and the `vdpbf16ps` kernel (AVX512-BF16),
+                // `bf16::fits` an even channel count.
+                unsafe { transform_input_pairs(s, x_g, &mut scratch.plane, ops.v_pairs(), stride) };
+                bf16::forward(s, u, &mut scratch.m, tiles, ops)
+            }
+        }
+    }
+
+    /// The output-gradient transforms `dM` of the group's gradient `dconv` (`tiles` tiles):
+    /// `scratch.m` in `f32`, the bfloat16 operands otherwise.
+    fn output_gradient(&self, s: &ConvShape, dconv: &[f32], scratch: &mut Scratch, tiles: usize) {
+        match self {
+            // SAFETY: `supports` checked that the CPU has AVX-512 F.
+            Products::F32 { .. } => unsafe {
+                transform_output_gradient(s, dconv, &mut scratch.m, tiles)
+            },
+            Products::Bf16 { .. } => {
+                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                // SAFETY: `supports` checked AVX-512 (F, BW, VL) and the `vdpbf16ps` kernel
+                // (AVX512-BF16), `bf16::fits` an even channel count.
+                unsafe { transform_output_gradient_bf16(s, dconv, ops.dm(tiles)) }
+            }
+        }
+    }
+
+    /// `dU[k] += dM[k] · V[k]ᵀ`, `V` in `scratch.v`.
+    fn weight_gradient(&self, s: &ConvShape, scratch: &mut Scratch, du: &mut [f32], tiles: usize) {
+        match self {
+            Products::F32 { .. } => f32_weight_gradient(s, &scratch.m, &scratch.v, du, tiles),
+            Products::Bf16 { .. } => {
+                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                bf16::weight_gradient(s, &scratch.v, du, tiles, ops)
+            }
+        }
+    }
+
+    /// `dV[k] = U[k]ᵀ · dM[k]` into `scratch.v`.
+    fn input_gradient(&self, s: &ConvShape, scratch: &mut Scratch, tiles: usize) {
+        match self {
+            Products::F32 { u } => f32_input_gradient(s, u, &scratch.m, &mut scratch.v, tiles),
+            Products::Bf16 { u } => {
+                let ops = scratch.bf16.as_ref().expect("bfloat16 operands");
+                bf16::input_gradient(s, u, &mut scratch.v, tiles, ops)
+            }
         }
     }
 }
@@ -139,9 +244,10 @@ unsafe fn transform_input(
     v: &mut [f32],
     stride: usize,
 ) {
+    use std::arch::x86_64::_mm512_mask_storeu_ps;
     let (th, tw) = tiles(s);
     let (c_n, hw, p, pw) = (s.in_channels, s.height * s.width, s.padding, 2 * tw + 2);
-    assert!(pw <= 32 && plane.len() >= (2 * th + 2) * pw);
+    assert!(pw <= 32 && tw < 16 && plane.len() >= (2 * th + 2) * pw);
     for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
         for (c, src) in image.chunks_exact(hw).enumerate() {
             // The interior of the zero-padded plane (its border is never written).
@@ -150,26 +256,24 @@ unsafe fn transform_input(
             }
             for ty in 0..th {
                 let first = i * th * tw + ty * tw;
-                let base: [usize; 16] = std::array::from_fn(|k| (k * c_n + c) * stride + first);
-                // SAFETY: AVX-512 F (the caller's contract).
-                unsafe { transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw, tw, v, &base) };
+                let values = transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw);
+                for (k, value) in values.into_iter().enumerate() {
+                    let at = (k * c_n + c) * stride + first;
+                    assert!(at + tw <= v.len());
+                    // SAFETY: `tw` values from `at`, within `v` (checked above).
+                    unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
+                }
             }
         }
     }
 }
 
 /// One row of tiles: `Bᵀ d` down the four padded rows `rows` (`pw <= 32` values each), then
-/// along them; the `tw` tiles of position `k` are stored at `v[base[k]..]`.
+/// along them: position `k`'s values of the row's tiles, one tile per lane.
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_tile_row(
-    rows: &[f32],
-    pw: usize,
-    tw: usize,
-    v: &mut [f32],
-    base: &[usize; 16],
-) {
+fn transform_tile_row(rows: &[f32], pw: usize) -> [std::arch::x86_64::__m512; POS] {
     use std::arch::x86_64::*;
-    assert!(pw <= 32 && rows.len() >= 4 * pw && tw < 16);
+    assert!(pw <= 32 && rows.len() >= 4 * pw);
     let (lo_mask, hi_mask) = (mask(pw.min(16)), mask(pw.saturating_sub(16)));
     let (even, odd, even_next, odd_next) = (pick(0), pick(1), pick(2), pick(3));
     let load = |r: usize| {
@@ -190,22 +294,74 @@ unsafe fn transform_tile_row(
         (_mm512_add_ps(a.0, b.0), _mm512_add_ps(a.1, b.1))
     };
     let columns = [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)];
+    let mut out = [_mm512_setzero_ps(); POS];
     for (a, (lo, hi)) in columns.into_iter().enumerate() {
         let e = _mm512_permutex2var_ps(lo, even, hi);
         let o = _mm512_permutex2var_ps(lo, odd, hi);
         let e1 = _mm512_permutex2var_ps(lo, even_next, hi);
         let o1 = _mm512_permutex2var_ps(lo, odd_next, hi);
-        let h = [
-            _mm512_sub_ps(e, e1),
-            _mm512_add_ps(o, e1),
-            _mm512_sub_ps(e1, o),
-            _mm512_sub_ps(o, o1),
-        ];
-        for (j, value) in h.into_iter().enumerate() {
-            let at = base[a * 4 + j];
-            assert!(at + tw <= v.len());
-            // SAFETY: `tw` values from `at`, within `v` (checked above).
-            unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
+        out[a * 4] = _mm512_sub_ps(e, e1);
+        out[a * 4 + 1] = _mm512_add_ps(o, e1);
+        out[a * 4 + 2] = _mm512_sub_ps(e1, o);
+        out[a * 4 + 3] = _mm512_sub_ps(o, o1);
+    }
+    out
+}
+
+/// `V = Bᵀ d B` as [`transform_input`] computes it, rounded to bfloat16 and written
+/// pair-interleaved along the channels (the right operand of `U[k] · V[k]`): the tiles of
+/// channels `2q` and `2q + 1` at `pairs[(k * in / 2 + q) * stride..]`. `planes` holds two
+/// zero-padded planes.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BF16, and an even number of input channels.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn transform_input_pairs(
+    s: &ConvShape,
+    x: &[f32],
+    planes: &mut [f32],
+    pairs: &mut [u32],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let (th, tw) = tiles(s);
+    let (c_n, hw, p, pw) = (s.in_channels, s.height * s.width, s.padding, 2 * tw + 2);
+    let size = (2 * th + 2) * pw;
+    assert!(pw <= 32 && tw < 16 && planes.len() >= 2 * size && c_n.is_multiple_of(2));
+    let (even_plane, odd_plane) = planes.split_at_mut(size);
+    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
+    let bf16_lanes = |v: __m512| {
+        _mm512_cvtepu16_epi32(unsafe {
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
+        })
+    };
+    for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
+        for (q, two) in image.chunks_exact(2 * hw).enumerate() {
+            for (plane, src) in [&mut *even_plane, &mut *odd_plane]
+                .into_iter()
+                .zip(two.chunks_exact(hw))
+            {
+                for (y, row) in src.chunks_exact(s.width).enumerate() {
+                    plane[(y + p) * pw + p..][..s.width].copy_from_slice(row);
+                }
+            }
+            for ty in 0..th {
+                let first = i * th * tw + ty * tw;
+                let even = transform_tile_row(&even_plane[2 * ty * pw..][..4 * pw], pw);
+                let odd = transform_tile_row(&odd_plane[2 * ty * pw..][..4 * pw], pw);
+                for k in 0..POS {
+                    let two = _mm512_or_si512(
+                        bf16_lanes(even[k]),
+                        _mm512_slli_epi32::<16>(bf16_lanes(odd[k])),
+                    );
+                    let at = (k * c_n / 2 + q) * stride + first;
+                    assert!(at + tw <= pairs.len());
+                    // SAFETY: `tw` values from `at`, within `pairs` (checked above).
+                    unsafe {
+                        _mm512_mask_storeu_epi32(pairs.as_mut_ptr().add(at).cast(), mask(tw), two)
+                    };
+                }
+            }
         }
     }
 }
@@ -258,8 +414,8 @@ fn transform_output(
     }
 }
 
-/// `M[k] = U[k] · V[k]` for the 16 positions: `[out × in] · [in × tiles]`.
-fn products(s: &ConvShape, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize) {
+/// `M[k] = U[k] · V[k]` in `f32` for the 16 positions: `[out × in] · [in × tiles]`.
+fn f32_forward(s: &ConvShape, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize) {
     let (o_n, c_n) = (s.out_channels, s.in_channels);
     for k in 0..POS {
         matmul(
@@ -277,10 +433,52 @@ fn products(s: &ConvShape, u: &[f32], v: &[f32], m: &mut [f32], tiles: usize) {
     }
 }
 
+/// `dU[k] += dM[k] · V[k]ᵀ` in `f32`: `[out × tiles] · [tiles × in]`.
+fn f32_weight_gradient(s: &ConvShape, dm: &[f32], v: &[f32], du: &mut [f32], tiles: usize) {
+    let (o_n, c_n) = (s.out_channels, s.in_channels);
+    for k in 0..POS {
+        let (dm, v) = (&dm[k * o_n * tiles..], &v[k * c_n * tiles..]);
+        let du = &mut du[k * o_n * c_n..];
+        matmul(
+            o_n,
+            c_n,
+            tiles,
+            du,
+            true,
+            dm,
+            (tiles as isize, 1),
+            v,
+            (1, tiles as isize),
+            false,
+        );
+    }
+}
+
+/// `dV[k] = U[k]ᵀ · dM[k]` in `f32`: `[in × out] · [out × tiles]`.
+fn f32_input_gradient(s: &ConvShape, u: &[f32], dm: &[f32], dv: &mut [f32], tiles: usize) {
+    let (o_n, c_n) = (s.out_channels, s.in_channels);
+    for k in 0..POS {
+        let dv = &mut dv[k * c_n * tiles..];
+        let (u, dm) = (&u[k * o_n * c_n..], &dm[k * o_n * tiles..]);
+        matmul(
+            c_n,
+            tiles,
+            o_n,
+            dv,
+            false,
+            u,
+            (1, c_n as isize),
+            dm,
+            (tiles as isize, 1),
+            false,
+        );
+    }
+}
+
 /// The convolution of a group of images `x_g` into `out_g`.
 fn forward_group(
     s: &ConvShape,
-    u: &[f32],
+    products: &Products,
     bias: &[f32],
     scratch: &mut Scratch,
     x_g: &[f32],
@@ -288,23 +486,28 @@ fn forward_group(
 ) {
     let (th, tw) = tiles(s);
     let tiles = x_g.len() / s.in_image() * th * tw;
-    // SAFETY: `supports` checked that the CPU has AVX-512 F.
-    unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, tiles) };
-    products(s, u, &scratch.v, &mut scratch.m, tiles);
-    transform_output(s, &scratch.m, tiles, bias, out_g, &mut scratch.sums);
+    let stride = products.stride(tiles);
+    products.forward(s, x_g, scratch, tiles);
+    transform_output(s, &scratch.m, stride, bias, out_g, &mut scratch.sums);
 }
 
 /// Forward: the convolution of every image (`[batch, out, oh, ow]`), groups of images spread over
 /// rayon's threads.
-pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
-    let u = transform_weights(s, weight);
+pub(super) fn forward(
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    precision: Precision,
+) -> Vec<f32> {
+    let products = Products::new(s, weight, precision);
     let group = group_size(s);
     let mut out = vec![0f32; s.batch * s.out_image()];
     out.par_chunks_mut(group * s.out_image())
         .zip(x.par_chunks(group * s.in_image()))
         .for_each_init(
-            || Scratch::new(s),
-            |scratch, (out_g, x_g)| forward_group(s, &u, bias, scratch, x_g, out_g),
+            || Scratch::new(s, &products),
+            |scratch, (out_g, x_g)| forward_group(s, &products, bias, scratch, x_g, out_g),
         );
     out
 }
@@ -316,8 +519,9 @@ pub(super) fn forward_pooled(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
+    precision: Precision,
 ) -> (Vec<f32>, Vec<u8>) {
-    let u = transform_weights(s, weight);
+    let products = Products::new(s, weight, precision);
     let group = group_size(s);
     let per_image = s.out_channels * s.pooled_pixels();
     let mut out = vec![0f32; s.batch * per_image];
@@ -326,11 +530,16 @@ pub(super) fn forward_pooled(
         .zip(arg.par_chunks_mut(group * per_image))
         .zip(x.par_chunks(group * s.in_image()))
         .for_each_init(
-            || (Scratch::new(s), vec![0f32; group * s.out_image()]),
+            || {
+                (
+                    Scratch::new(s, &products),
+                    vec![0f32; group * s.out_image()],
+                )
+            },
             |(scratch, conv), ((out_g, arg_g), x_g)| {
                 let images = x_g.len() / s.in_image();
                 let conv = &mut conv[..images * s.out_image()];
-                forward_group(s, &u, bias, scratch, x_g, conv);
+                forward_group(s, &products, bias, scratch, x_g, conv);
                 for ((conv_i, out_i), arg_i) in conv
                     .chunks_exact(s.out_image())
                     .zip(out_g.chunks_exact_mut(per_image))
@@ -343,8 +552,57 @@ pub(super) fn forward_pooled(
     (out, arg)
 }
 
+/// `dM = A dY Aᵀ` for one row of tiles of an output-gradient plane (`oh × ow`; the cropped
+/// pixels of odd sizes count as zero): position `r * 4 + j`'s values, one tile per lane.
+#[target_feature(enable = "avx512f")]
+fn output_gradient_tile_row(
+    s: &ConvShape,
+    plane: &[f32],
+    ty: usize,
+) -> [std::arch::x86_64::__m512; POS] {
+    use std::arch::x86_64::*;
+    let (oh, ow) = (s.out_height(), s.out_width());
+    assert!(ow <= 30 && plane.len() >= oh * ow);
+    let (lo_mask, hi_mask) = (mask(ow.min(16)), mask(ow.saturating_sub(16)));
+    let (even, odd) = (pick(0), pick(1));
+    // The even and odd columns of output rows 2ty and 2ty + 1 (zero below the image).
+    let row = |y: usize| {
+        if y >= oh {
+            return (_mm512_setzero_ps(), _mm512_setzero_ps());
+        }
+        let at = plane[y * ow..][..ow].as_ptr();
+        // SAFETY: masked loads of the row's `ow` values.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(lo_mask, at),
+                _mm512_maskz_loadu_ps(hi_mask, at.add(16)),
+            )
+        };
+        (
+            _mm512_permutex2var_ps(lo, even, hi),
+            _mm512_permutex2var_ps(lo, odd, hi),
+        )
+    };
+    // A along the rows, then the columns: (1, 0), (1, 1), (1, -1), (0, -1).
+    let expand = |a: __m512, b: __m512| {
+        [
+            a,
+            _mm512_add_ps(a, b),
+            _mm512_sub_ps(a, b),
+            _mm512_sub_ps(_mm512_setzero_ps(), b),
+        ]
+    };
+    let (top, bottom) = (row(2 * ty), row(2 * ty + 1));
+    let (left, right) = (expand(top.0, bottom.0), expand(top.1, bottom.1));
+    let mut out = [_mm512_setzero_ps(); POS];
+    for r in 0..4 {
+        out[r * 4..][..4].copy_from_slice(&expand(left[r], right[r]));
+    }
+    out
+}
+
 /// `dM = A dY Aᵀ` for every tile of a group's output gradient `dy` (`out_image` values per
-/// image; the cropped pixels of odd sizes count as zero) into `dm`, rows of `stride` tiles.
+/// image) into `dm`, rows of `stride` tiles.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F ([`supports`]).
@@ -352,50 +610,80 @@ pub(super) fn forward_pooled(
 unsafe fn transform_output_gradient(s: &ConvShape, dy: &[f32], dm: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
     let (th, tw) = tiles(s);
-    let (oh, ow, o_n, n_t) = (s.out_height(), s.out_width(), s.out_channels, th * tw);
-    assert!(ow <= 30 && tw < 16);
-    let (lo_mask, hi_mask) = (mask(ow.min(16)), mask(ow.saturating_sub(16)));
-    let (even, odd) = (pick(0), pick(1));
-    for (i, image) in dy.chunks_exact(o_n * oh * ow).enumerate() {
-        for (o, plane) in image.chunks_exact(oh * ow).enumerate() {
+    let (o_n, n_t) = (s.out_channels, th * tw);
+    assert!(tw < 16);
+    for (i, image) in dy.chunks_exact(s.out_image()).enumerate() {
+        for (o, plane) in image.chunks_exact(s.out_pixels()).enumerate() {
             for ty in 0..th {
-                // The even and odd columns of output rows 2ty and 2ty + 1 (zero below the image).
-                let row = |y: usize| {
-                    if y >= oh {
-                        return (_mm512_setzero_ps(), _mm512_setzero_ps());
-                    }
-                    let at = plane[y * ow..][..ow].as_ptr();
-                    // SAFETY: masked loads of the row's `ow` values.
-                    let (lo, hi) = unsafe {
-                        (
-                            _mm512_maskz_loadu_ps(lo_mask, at),
-                            _mm512_maskz_loadu_ps(hi_mask, at.add(16)),
-                        )
-                    };
-                    (
-                        _mm512_permutex2var_ps(lo, even, hi),
-                        _mm512_permutex2var_ps(lo, odd, hi),
-                    )
-                };
-                // A along the rows, then the columns: (1, 0), (1, 1), (1, -1), (0, -1).
-                let expand = |a: __m512, b: __m512| {
-                    [
-                        a,
-                        _mm512_add_ps(a, b),
-                        _mm512_sub_ps(a, b),
-                        _mm512_sub_ps(_mm512_setzero_ps(), b),
-                    ]
-                };
-                let (top, bottom) = (row(2 * ty), row(2 * ty + 1));
-                let (left, right) = (expand(top.0, bottom.0), expand(top.1, bottom.1));
                 let first = i * n_t + ty * tw;
-                for r in 0..4 {
-                    for (j, value) in expand(left[r], right[r]).into_iter().enumerate() {
-                        let at = ((r * 4 + j) * o_n + o) * stride + first;
-                        assert!(at + tw <= dm.len());
-                        // SAFETY: `tw` values from `at`, within `dm` (checked above).
-                        unsafe { _mm512_mask_storeu_ps(dm.as_mut_ptr().add(at), mask(tw), value) };
+                for (k, value) in output_gradient_tile_row(s, plane, ty)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let at = (k * o_n + o) * stride + first;
+                    assert!(at + tw <= dm.len());
+                    // SAFETY: `tw` values from `at`, within `dm` (checked above).
+                    unsafe { _mm512_mask_storeu_ps(dm.as_mut_ptr().add(at), mask(tw), value) };
+                }
+            }
+        }
+    }
+}
+
+/// `dM` as [`transform_output_gradient`] computes it, rounded to bfloat16 and written in the two
+/// layouts of its products: rows along the tiles (`rows[(k * out + o) * rows_stride..]`, the
+/// weight gradient's left operand) and pair-interleaved along the channels
+/// (`pairs[(k * out / 2 + q) * stride..]` for channels `2q`, `2q + 1`, the input gradient's right
+/// operand).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and BF16, and an even number of output channels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn transform_output_gradient_bf16(
+    s: &ConvShape,
+    dy: &[f32],
+    out: bf16::GradientLayouts<'_>,
+) {
+    use std::arch::x86_64::*;
+    let (rows, rows_stride, pairs, stride) =
+        (out.rows, out.rows_stride, out.pairs, out.pairs_stride);
+    let (th, tw) = tiles(s);
+    let (o_n, n_t) = (s.out_channels, th * tw);
+    assert!(tw < 16 && o_n.is_multiple_of(2));
+    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
+    let bf16 =
+        |v: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
+    for (i, image) in dy.chunks_exact(s.out_image()).enumerate() {
+        for (q, two) in image.chunks_exact(2 * s.out_pixels()).enumerate() {
+            let (even_plane, odd_plane) = two.split_at(s.out_pixels());
+            for ty in 0..th {
+                let first = i * n_t + ty * tw;
+                let even = output_gradient_tile_row(s, even_plane, ty);
+                let odd = output_gradient_tile_row(s, odd_plane, ty);
+                for k in 0..POS {
+                    let (e, d) = (bf16(even[k]), bf16(odd[k]));
+                    for (o, half) in [(2 * q, e), (2 * q + 1, d)] {
+                        let at = (k * o_n + o) * rows_stride + first;
+                        assert!(at + tw <= rows.len());
+                        // SAFETY: `tw` values from `at`, within `rows` (checked above).
+                        unsafe {
+                            _mm256_mask_storeu_epi16(
+                                rows.as_mut_ptr().add(at).cast(),
+                                mask(tw),
+                                half,
+                            )
+                        };
                     }
+                    let two = _mm512_or_si512(
+                        _mm512_cvtepu16_epi32(e),
+                        _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(d)),
+                    );
+                    let at = (k * o_n / 2 + q) * stride + first;
+                    assert!(at + tw <= pairs.len());
+                    // SAFETY: `tw` values from `at`, within `pairs` (checked above).
+                    unsafe {
+                        _mm512_mask_storeu_epi32(pairs.as_mut_ptr().add(at).cast(), mask(tw), two)
+                    };
                 }
             }
         }
@@ -504,69 +792,40 @@ pub(super) fn backward_with(
     x: &[f32],
     weight: &[f32],
     need_dx: bool,
+    precision: Precision,
     dconv_of: impl Fn(usize, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    let u = transform_weights(s, weight);
+    let products = Products::new(s, weight, precision);
     let (o_n, c_n, group) = (s.out_channels, s.in_channels, group_size(s));
     let (th, tw) = tiles(s);
     let (dw, db, dx) = per_task(s, need_dx, POS * o_n * c_n, |images, mut dx_chunk| {
         let mut du = vec![0f32; POS * o_n * c_n];
         let mut db = vec![0f32; o_n];
-        let mut scratch = Scratch::new(s);
+        let mut scratch = Scratch::new(s, &products);
         let mut dconv = vec![0f32; group * s.out_image()];
         for first in images.clone().step_by(group) {
             let count = group.min(images.end - first);
             let tiles = count * th * tw;
+            let stride = products.stride(tiles);
             let dconv = &mut dconv[..count * s.out_image()];
             for (n, dy_i) in dconv.chunks_exact_mut(s.out_image()).enumerate() {
                 dconv_of(first + n, dy_i);
                 add_row_sums(&mut db, dy_i, s.out_pixels());
             }
-            // SAFETY: `supports` checked that the CPU has AVX-512 F.
-            unsafe { transform_output_gradient(s, dconv, &mut scratch.m, tiles) };
+            products.output_gradient(s, dconv, &mut scratch, tiles);
             let x_g = &x[first * s.in_image()..(first + count) * s.in_image()];
             // SAFETY: `supports` checked that the CPU has AVX-512 F.
-            unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, tiles) };
-            for k in 0..POS {
-                let (dm, v) = (&scratch.m[k * o_n * tiles..], &scratch.v[k * c_n * tiles..]);
-                let du = &mut du[k * o_n * c_n..];
-                matmul(
-                    o_n,
-                    c_n,
-                    tiles,
-                    du,
-                    true,
-                    dm,
-                    (tiles as isize, 1),
-                    v,
-                    (1, tiles as isize),
-                    false,
-                );
-            }
+            unsafe { transform_input(s, x_g, &mut scratch.plane, &mut scratch.v, stride) };
+            products.weight_gradient(s, &mut scratch, &mut du, tiles);
             let Some(dx_chunk) = dx_chunk.as_deref_mut() else {
                 continue;
             };
-            for k in 0..POS {
-                let dv = &mut scratch.v[k * c_n * tiles..];
-                let (u, dm) = (&u[k * o_n * c_n..], &scratch.m[k * o_n * tiles..]);
-                matmul(
-                    c_n,
-                    tiles,
-                    o_n,
-                    dv,
-                    false,
-                    u,
-                    (1, c_n as isize),
-                    dm,
-                    (tiles as isize, 1),
-                    false,
-                );
-            }
+            products.input_gradient(s, &mut scratch, tiles);
             let local = (first - images.start) * s.in_image();
             let dx_g = &mut dx_chunk[local..local + count * s.in_image()];
             // SAFETY: as above.
             unsafe {
-                transform_input_gradient(s, &scratch.v, tiles, &mut scratch.gradient_plane, dx_g)
+                transform_input_gradient(s, &scratch.v, stride, &mut scratch.gradient_plane, dx_g)
             };
         }
         (du, db)
@@ -615,14 +874,91 @@ mod tests {
     }
 
     fn assert_close(name: &str, got: &[f32], want: &[f64]) {
+        assert_within(name, got, want, 1e-5);
+    }
+
+    /// Every value within `tolerance` times the largest reference value (at least 1).
+    fn assert_within(name: &str, got: &[f32], want: &[f64], tolerance: f64) {
         let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!(
-                (*g as f64 - w).abs() <= 1e-5 * scale,
+                (*g as f64 - w).abs() <= tolerance * scale,
                 "{name}[{i}]: {g} against {w}"
             );
         }
         assert_eq!(got.len(), want.len(), "{name}");
+    }
+
+    /// Forward, weight, bias and input gradients in bfloat16 on each kernel this CPU has, against
+    /// the `f64` reference within `tolerance`, for inputs made by `values(len, seed)`.
+    fn check_bf16(values: impl Fn(usize, usize) -> Vec<f32>, tolerance: f64) {
+        use crate::ops::amx;
+        for kernel in amx::tests::kernels_here() {
+            for (batch, height, padding) in [(3, 9, 1), (2, 13, 0), (9, 7, 1), (2, 28, 1)] {
+                let s = ConvShape {
+                    batch,
+                    in_channels: 64,
+                    out_channels: 32,
+                    height,
+                    width: height,
+                    kernel: 3,
+                    padding,
+                };
+                let x = values(s.batch * s.in_image(), 1);
+                let w = values(s.out_channels * s.patch(), 2);
+                let b = values(s.out_channels, 3);
+                let dy = values(s.batch * s.out_image(), 4);
+                let [out, dw, db, dx] = reference(&s, &x, &w, &b, &dy);
+                let dy_of = |i: usize, buf: &mut [f32]| {
+                    buf.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()])
+                };
+                let bf16 = Precision::Bf16;
+                let (got, (got_dw, got_db, got_dx)) = amx::with_kernel(kernel, || {
+                    (
+                        forward(&s, &x, &w, &b, bf16),
+                        backward_with(&s, &x, &w, true, bf16, dy_of),
+                    )
+                });
+                let at = format!("{kernel:?}, {height}x{height}, padding {padding}");
+                assert_within(&format!("out ({at})"), &got, &out, tolerance);
+                assert_within(&format!("dweight ({at})"), &got_dw, &dw, tolerance);
+                assert_within(&format!("dbias ({at})"), &got_db, &db, tolerance);
+                assert_within(&format!("dx ({at})"), &got_dx.unwrap(), &dx, tolerance);
+            }
+        }
+    }
+
+    #[test]
+    fn bfloat16_winograd_is_exact_where_bfloat16_holds_every_operand() {
+        if !crate::ops::lanes::available() {
+            return;
+        }
+        // Integers in -2..=2: the transformed inputs and gradients are small integers and the
+        // transformed kernels small multiples of 1/4, all exact in bfloat16, and every sum of
+        // their products exact in `f32`: the results must equal the reference to the bit.
+        let integers = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104_729) % 5) as f32 - 2.0)
+                .collect()
+        };
+        check_bf16(integers, 0.0);
+    }
+
+    #[test]
+    fn bfloat16_winograd_rounds_only_the_operands_of_its_products() {
+        if !crate::ops::lanes::available() {
+            return;
+        }
+        // General values: each product's operands carry bfloat16's relative error of 2^-9, and
+        // the Winograd transforms add and subtract them before rounding, so the error grows
+        // with the transformed magnitudes. Measured: at most 1.0% of the largest value (the
+        // 7x7 forward), against 0.47% for the bfloat16 im2col path on the same values.
+        let wave = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * (7919 + seed * 613)) % 997) as f32 / 997.0 - 0.5)
+                .collect()
+        };
+        check_bf16(wave, 2e-2);
     }
 
     #[test]
@@ -641,7 +977,7 @@ mod tests {
                 kernel: 3,
                 padding,
             };
-            assert!(supports(&s));
+            assert!(supports(&s, Precision::F32));
             let wave = |n: usize, k: usize| -> Vec<f32> {
                 (0..n)
                     .map(|i| ((i * k) % 997) as f32 / 997.0 - 0.5)
@@ -652,17 +988,18 @@ mod tests {
             let b = wave(s.out_channels, 31);
             let dy = wave(s.batch * s.out_image(), 613);
             let [out, dw, db, dx] = reference(&s, &x, &w, &b, &dy);
-            assert_close("out", &forward(&s, &x, &w, &b), &out);
+            let f32 = Precision::F32;
+            assert_close("out", &forward(&s, &x, &w, &b, f32), &out);
             let dy_of = |i: usize, buf: &mut [f32]| {
                 buf.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()])
             };
-            let (got_dw, got_db, got_dx) = backward_with(&s, &x, &w, true, dy_of);
+            let (got_dw, got_db, got_dx) = backward_with(&s, &x, &w, true, f32, dy_of);
             assert_close("dweight", &got_dw, &dw);
             assert_close("dbias", &got_db, &db);
             assert_close("dx", &got_dx.unwrap(), &dx);
-            let (pooled, _) = forward_pooled(&s, &x, &w, &b);
+            let (pooled, _) = forward_pooled(&s, &x, &w, &b, f32);
             let planes = s.batch * s.out_channels;
-            let conv = forward(&s, &x, &w, &b);
+            let conv = forward(&s, &x, &w, &b, f32);
             let (plain, _) =
                 crate::ops::pool::forward(&conv, planes, s.out_height(), s.out_width());
             assert_eq!(pooled, plain, "pooling after the Winograd forward");

@@ -127,7 +127,8 @@ struct Scratch {
     v: Vec<f32>,
     /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
     m: Vec<f32>,
-    bf16: Option<bf16::Operands>,
+    /// The bfloat16 products' operands (empty where the products are `f32`).
+    bf16: bf16::Operands,
 }
 
 impl Scratch {
@@ -141,7 +142,10 @@ impl Scratch {
             sums: vec![0f32; 8 * th * tw],
             v: vec![0f32; POS * s.in_channels * stride],
             m: vec![0f32; POS * s.out_channels * stride],
-            bf16: matches!(products, Products::Bf16 { .. }).then(|| bf16::Operands::new(s, t)),
+            bf16: match products {
+                Products::F32 { .. } => bf16::Operands::new(s, 0),
+                Products::Bf16 { .. } => bf16::Operands::new(s, t),
+            },
         }
     }
 }
@@ -182,7 +186,7 @@ impl Products {
                 f32_forward(s, u, &scratch.v, &mut scratch.m, tiles)
             }
             Products::Bf16 { u } => {
-                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                let ops = &mut scratch.bf16;
                 // SAFETY: `supports` checked AVX-512 F and the `vdpbf16ps` kernel (AVX512-BF16),
                 // `bf16::fits` an even channel count.
                 unsafe { transform_input_pairs(s, x_g, &mut scratch.plane, ops.v_pairs(), stride) };
@@ -200,7 +204,7 @@ impl Products {
                 transform_output_gradient(s, dconv, &mut scratch.m, tiles)
             },
             Products::Bf16 { .. } => {
-                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                let ops = &mut scratch.bf16;
                 // SAFETY: `supports` checked AVX-512 (F, BW, VL) and the `vdpbf16ps` kernel
                 // (AVX512-BF16), `bf16::fits` an even channel count.
                 unsafe { transform_output_gradient_bf16(s, dconv, ops.dm(tiles)) }
@@ -213,7 +217,7 @@ impl Products {
         match self {
             Products::F32 { .. } => f32_weight_gradient(s, &scratch.m, &scratch.v, du, tiles),
             Products::Bf16 { .. } => {
-                let ops = scratch.bf16.as_mut().expect("bfloat16 operands");
+                let ops = &mut scratch.bf16;
                 bf16::weight_gradient(s, &scratch.v, du, tiles, ops)
             }
         }
@@ -224,7 +228,7 @@ impl Products {
         match self {
             Products::F32 { u } => f32_input_gradient(s, u, &scratch.m, &mut scratch.v, tiles),
             Products::Bf16 { u } => {
-                let ops = scratch.bf16.as_ref().expect("bfloat16 operands");
+                let ops = &scratch.bf16;
                 bf16::input_gradient(s, u, &mut scratch.v, tiles, ops)
             }
         }

@@ -51,7 +51,7 @@ pub(super) struct Operands {
 }
 
 impl Operands {
-    /// For groups of at most `tiles` tiles.
+    /// For groups of at most `tiles` tiles (none: empty buffers, for the `f32` products).
     pub(super) fn new(s: &ConvShape, tiles: usize) -> Self {
         let (o_n, c_n, n) = (s.out_channels, s.in_channels, stride(tiles));
         Operands {

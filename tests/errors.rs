@@ -181,6 +181,16 @@ fn bad_configuration_files_and_values() {
         ("epochs.toml", "epochs = 0\n", "epochs = 0"),
         ("act.toml", "[model]\nactivation = \"swish\"\n", "swish"),
         ("tta.toml", "[data]\ntta_shift = 9\n", "data.tta_shift = 9"),
+        (
+            "whiten-mlp.toml",
+            "[model]\narch = \"mlp\"\nwhiten = true\n",
+            "model.whiten: only a convolutional network",
+        ),
+        (
+            "whiten-narrow.toml",
+            "[model]\narch = \"cnn\"\nchannels = [8, 16]\nwhiten = true\n",
+            "model.whiten: the first convolution has 8 channels",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join(name);

@@ -157,6 +157,12 @@ impl Batcher {
         }
     }
 
+    /// The pixels of `bytes` as the network sees them.
+    pub fn scaled(&self, bytes: &[u8]) -> Vec<f32> {
+        // SAFETY: `scale_into` writes one value per byte.
+        unsafe { crate::ops::written(bytes.len(), |out| self.scale_into(bytes, out)) }
+    }
+
     /// `[rows, 1, 28, 28]` pixels, row `r` written by `fill(r, out)`, one block of rows per
     /// worker thread (as the dense kernels split them).
     fn assemble(

@@ -45,6 +45,18 @@ impl Conv {
         }
     }
 
+    /// The same convolution with the kernels of its first output channels replaced by
+    /// `filters` (`[count, in, k, k]`, row-major), the others kept.
+    fn with_first_filters(mut self, filters: &[f32]) -> Self {
+        let dims = self.weight.dims();
+        let device = self.weight.device();
+        let mut weights = ops::into_host_values(self.weight.val());
+        weights[..filters.len()].copy_from_slice(filters);
+        self.weight =
+            Param::from_tensor(Tensor::from_data(TensorData::new(weights, dims), &device));
+        self
+    }
+
     /// # Shapes
     ///   - x: `[batch, in, h, w]`
     ///   - output: `[batch, out, h', w']` (`h' = h` with same padding, `h - k + 1` without)
@@ -214,6 +226,16 @@ impl ConvNet {
     }
 }
 
+impl ConvNet {
+    /// The network with its first convolution's leading kernels replaced by `filters` (see
+    /// [`super::whiten`]).
+    pub fn with_first_filters(mut self, filters: &[f32]) -> Self {
+        let first = &mut self.stages[0][0];
+        first.conv = first.conv.clone().with_first_filters(filters);
+        self
+    }
+}
+
 /// Keras-style summary of a [`ConvNet`].
 impl ConvNet {
     /// The layers at inference (see [`super::layers`]).
@@ -375,6 +397,13 @@ impl ResNet {
 }
 
 impl ResNet {
+    /// The network with its stem convolution's leading kernels replaced by `filters` (see
+    /// [`super::whiten`]).
+    pub fn with_first_filters(mut self, filters: &[f32]) -> Self {
+        self.stem.conv = self.stem.conv.clone().with_first_filters(filters);
+        self
+    }
+
     /// The layers at inference (see [`super::layers`]).
     pub fn layers(&self) -> Vec<Layer> {
         let relu = Layer::Activation(super::ActivationKind::Relu);

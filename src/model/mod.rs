@@ -10,6 +10,7 @@ pub mod cnn;
 pub mod layers;
 pub mod mlp;
 pub mod summary;
+pub mod whiten;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,9 @@ pub struct ModelConfig {
     pub dense: usize,
     /// Residual blocks per stage (ResNet).
     pub blocks: Vec<usize>,
+    /// The first convolution's first 18 kernels set to whiten the training images' 3x3
+    /// patches before training (CNN, ResNet; see [`whiten`]).
+    pub whiten: bool,
 }
 
 impl Default for ModelConfig {
@@ -71,6 +75,7 @@ impl Default for ModelConfig {
             channels: vec![32, 64],
             dense: 128,
             blocks: vec![2, 2, 2],
+            whiten: false,
         }
     }
 }
@@ -143,6 +148,19 @@ impl ModelConfig {
                     ),
                 )
             }
+            _ if self.whiten && self.arch.is_dense() => bad(
+                "whiten",
+                "only a convolutional network (cnn, cnn-bn, resnet) has a first convolution to whiten".into(),
+            ),
+            _ if self.whiten && self.channels[0] < whiten::FILTERS => bad(
+                "whiten",
+                format!(
+                    "the first convolution has {} channels; whitening sets {} of them (channels[0] >= {})",
+                    self.channels[0],
+                    whiten::FILTERS,
+                    whiten::FILTERS
+                ),
+            ),
             _ => Ok(()),
         }
     }
@@ -202,6 +220,13 @@ impl ModelConfig {
     }
 }
 
+impl Arch {
+    /// The linear model and the MLP, which have no convolutions.
+    pub fn is_dense(self) -> bool {
+        matches!(self, Arch::Linear | Arch::Mlp)
+    }
+}
+
 /// Any model fmnist trains.
 #[derive(Module, Debug)]
 // One model lives per run (a few, with the weight average): boxing the ResNet saves nothing.
@@ -213,6 +238,16 @@ pub enum Model {
 }
 
 impl Model {
+    /// The model with its first convolution's leading kernels replaced by `filters` (see
+    /// [`whiten`]); a model without convolutions as it is.
+    pub fn with_first_filters(self, filters: &[f32]) -> Self {
+        match self {
+            Model::Mlp(m) => Model::Mlp(m),
+            Model::Cnn(m) => Model::Cnn(m.with_first_filters(filters)),
+            Model::Resnet(m) => Model::Resnet(m.with_first_filters(filters)),
+        }
+    }
+
     /// The layers at inference, with their weights (see [`layers`]).
     pub fn layers(&self) -> Vec<layers::Layer> {
         match self {

@@ -25,16 +25,24 @@ pub struct Learner {
 
 impl Learner {
     /// A fresh model of `config` on `train_device` (with autodiff), initialised from the
-    /// device's random generator on the CPU, and from the CPU's (then copied) on other backends.
-    pub fn new(config: &TrainConfig, train_device: &Device) -> Self {
+    /// device's random generator on the CPU, and from the CPU's (then copied) on other backends;
+    /// its first convolution's leading kernels replaced by `first_filters` when given.
+    pub fn new(config: &TrainConfig, train_device: &Device, first_filters: Option<&[f32]>) -> Self {
+        let fresh = |device: &Device| {
+            let model = config.model.init(device);
+            match first_filters {
+                Some(filters) => model.with_first_filters(filters),
+                None => model,
+            }
+        };
         let model = if crate::ops::is_flex(train_device) {
-            config.model.init(train_device)
+            fresh(train_device)
         } else {
             // Drawn on the CPU from the run's seed and copied over, so that a seed starts from
             // the same weights on every backend.
             let host = Device::flex();
             host.seed(config.seed);
-            ShadowWeights::of(&config.model.init(&host)).write_into(config.model.init(train_device))
+            ShadowWeights::of(&fresh(&host)).write_into(config.model.init(train_device))
         };
         Learner {
             ema: (config.ema_decay > 0.0).then(|| Ema::new(config.ema_decay, &model, 0)),

@@ -170,7 +170,8 @@ pub fn train_with(
     )?;
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
-    let learner = Learner::new(config, &train_device);
+    let filters = first_layer_filters(config, data);
+    let learner = Learner::new(config, &train_device, filters.as_deref());
     let position = Position::default();
     learner.save_checkpoint(run, &position)?;
     Trainer::new(config, data, run, device, options)?.run(learner, position, reporter)
@@ -196,6 +197,28 @@ pub fn resume(
     let position = checkpoint.position.clone();
     let learner = Learner::restore(&config, checkpoint, run, device)?;
     Trainer::new(&config, data, run, device, options)?.run(learner, position, reporter)
+}
+
+/// The run's training and validation splits: the training set and the test set, or the
+/// training set with its last `val_split` held out.
+fn splits<'a>(config: &TrainConfig, data: &'a FashionMnist) -> (Cow<'a, Split>, Cow<'a, Split>) {
+    if config.data.val_split > 0.0 {
+        let (train, held_out) = data.train.clone().split_last(config.data.val_split);
+        (Cow::Owned(train), Cow::Owned(held_out))
+    } else {
+        (Cow::Borrowed(&data.train), Cow::Borrowed(&data.test))
+    }
+}
+
+/// The whitened first layer's kernels when `config` asks for them, from the images the run
+/// trains on, scaled as the network sees them ([`crate::model::whiten`]).
+fn first_layer_filters(config: &TrainConfig, data: &FashionMnist) -> Option<Vec<f32>> {
+    use crate::model::whiten;
+    config.model.whiten.then(|| {
+        let (train, _) = splits(config, data);
+        let batcher = Batcher::new(config.data.normalization, train.pixel_stats());
+        whiten::whitening_filters(&train, &batcher, whiten::KERNEL, whiten::EPS)
+    })
 }
 
 /// Removes temporary files left by a process killed while writing.
@@ -249,12 +272,7 @@ impl<'a> Trainer<'a> {
         options: &'a TrainOptions,
     ) -> Result<Self> {
         crate::ops::amx::set_matmul_precision(config.matmul_precision);
-        let (train_split, val_split) = if config.data.val_split > 0.0 {
-            let (train, held_out) = data.train.clone().split_last(config.data.val_split);
-            (Cow::Owned(train), Cow::Owned(held_out))
-        } else {
-            (Cow::Borrowed(&data.train), Cow::Borrowed(&data.test))
-        };
+        let (train_split, val_split) = splits(config, data);
         let batcher = Batcher::new(config.data.normalization, train_split.pixel_stats());
         let augmentation = config.data.augmentation();
         let teacher = config

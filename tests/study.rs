@@ -159,7 +159,8 @@ fn shipped_studies_parse() {
     assert_eq!(steps, [0, 0, 0, 5, 5, 5]);
     assert_eq!(runs[4].config.seed, 2);
     // The search's chosen run is the `speedrun-2min` preset before it was cut from 26 to 24
-    // epochs to fit 120 s on the slower of the project's CPUs; its seeds follow at both lengths.
+    // epochs to fit 120 s on the slower of the project's CPUs, and before the whitened first
+    // layer cut it to 18; its seeds follow at both lengths.
     let two_minutes =
         Study::load(&common::project_dir().join("studies/speedrun-2min.toml")).unwrap();
     let chosen = two_minutes.groups[1]
@@ -168,11 +169,21 @@ fn shipped_studies_parse() {
         .find(|r| r.name == "b256-drop05")
         .unwrap();
     let mut preset = fmnist::training::TrainConfig::preset("speedrun-2min").unwrap();
-    assert_eq!(preset.epochs, 24);
+    assert_eq!((preset.epochs, preset.model.whiten), (18, true));
     preset.seed = 1;
     preset.epochs = 26;
+    preset.model.whiten = false;
     preset.provenance = chosen.config.provenance.clone();
     assert_eq!(chosen.config, preset);
+    // The whitening study's seeds are the preset's recipe.
+    let whiten = Study::load(&common::project_dir().join("studies/whiten.toml")).unwrap();
+    let mut preset = fmnist::training::TrainConfig::preset("speedrun-2min").unwrap();
+    for (seed, run) in (1..=3).zip(&whiten.groups[2].runs) {
+        preset.seed = seed;
+        preset.provenance = run.config.provenance.clone();
+        assert_eq!(run.config, preset);
+    }
+    assert!(whiten.groups[0].runs.iter().all(|r| !r.config.model.whiten));
     for (group, epochs) in [(2, 24), (3, 26)] {
         let recipe = &two_minutes.groups[group].runs;
         let seeds: Vec<u64> = recipe.iter().map(|r| r.config.seed).collect();

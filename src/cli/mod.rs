@@ -131,6 +131,10 @@ pub struct RecipeArgs {
     /// Dropout rate after each hidden layer.
     #[arg(long, allow_negative_numbers = true, value_name = "RATE")]
     pub dropout: Option<f64>,
+    /// Whiten the first convolution: 18 of its kernels set from the training images' 3x3
+    /// patches before training (`model.whiten`).
+    #[arg(long)]
+    pub whiten: bool,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
@@ -227,6 +231,7 @@ impl RecipeArgs {
         f.give("hidden", self.hidden.as_ref())?;
         f.give("activation", self.activation)?;
         f.give("dropout", self.dropout)?;
+        f.give("whiten", self.whiten.then_some(true))?;
         f.give("epochs", self.epochs)?;
         f.give("batch_size", self.batch_size)?;
         f.give("steps_per_epoch", self.steps_per_epoch)?;
@@ -551,6 +556,8 @@ mod tests {
             (c.optimizer.lr, c.optimizer.nesterov, c.seed),
             (0.1, true, 7)
         );
+        assert!(recipe(&["--preset", "speedrun", "--whiten"])?.model.whiten);
+        assert!(!recipe(&["--preset", "speedrun"])?.model.whiten);
         Ok(())
     }
 
@@ -559,5 +566,8 @@ mod tests {
         let err = recipe(&["--dropout", "1.5"]).err().map(|e| e.to_string());
         let msg = err.unwrap_or_default();
         assert!(msg.starts_with("invalid option: model.dropout"), "{msg}");
+        let err = recipe(&["--preset", "seed-mlp", "--whiten"]).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("invalid option: model.whiten"), "{msg}");
     }
 }

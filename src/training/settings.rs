@@ -8,13 +8,14 @@ use toml::{Table, Value};
 /// (`--weight-decay`); a study file may write the short name or the full key. `model`,
 /// `optimizer` and `schedule` are short names only when given a string (`[model]` is the
 /// table); `arch` is the study files' older name for `model`.
-pub const SHORT_NAMES: [(&str, &str); 22] = [
+pub const SHORT_NAMES: [(&str, &str); 23] = [
     ("model", "model.arch"),
     ("arch", "model.arch"),
     ("hidden", "model.hidden"),
     ("activation", "model.activation"),
     ("dropout", "model.dropout"),
     ("batch_norm", "model.batch_norm"),
+    ("whiten", "model.whiten"),
     ("optimizer", "optimizer.name"),
     ("lr", "optimizer.lr"),
     ("momentum", "optimizer.momentum"),

@@ -20,8 +20,8 @@ pub const FILTERS: usize = 2 * KERNEL * KERNEL;
 /// unit scale.
 pub const EPS: f64 = 5e-4;
 
-/// Images whose patches are counted (airbench takes 5,000 too): the estimate's error is far below
-/// what `eps` adds, and it takes a few milliseconds.
+/// Images whose patches are counted (airbench takes 5,000 too): 3.4 million patches, about
+/// 0.1 s of one core (0.12 s measured on the 2-core AMD EPYC while it trained beside it).
 const SAMPLE_IMAGES: usize = 5_000;
 
 /// The whitening filters of `kernel x kernel` patches of the first [`SAMPLE_IMAGES`] images of

@@ -79,6 +79,7 @@ fn every_shipped_preset_loads_with_its_documented_parameter_count() {
         ("mlp-frontier", "1,863,690"),
         ("cnn", "225,034"),
         ("speedrun", "431,242"),
+        ("cnn-frontier", "871,402"),
         ("speedrun-2min", "431,242"),
         ("best", "2,781,706"),
         ("w1", "7,850"),

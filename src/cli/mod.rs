@@ -113,7 +113,7 @@ pub enum DataAction {
 /// A training recipe: a preset or TOML file, then flag overrides.
 #[derive(Debug, Clone, Args, Default, PartialEq)]
 pub struct RecipeArgs {
-    /// Start from a shipped preset (seed-linear, seed-mlp, mlp-frontier, cnn, speedrun, speedrun-2min, best, w1, w2, w3).
+    /// Start from a shipped preset (seed-linear, seed-mlp, mlp-frontier, cnn, speedrun, cnn-frontier, speedrun-2min, best, w1, w2, w3).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     pub preset: Option<String>,
     /// Start from a TOML configuration file.

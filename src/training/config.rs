@@ -16,7 +16,7 @@ use crate::model::ModelConfig;
 pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
-pub const PRESETS: [(&str, &str); 10] = [
+pub const PRESETS: [(&str, &str); 11] = [
     (
         "seed-linear",
         include_str!("../../presets/seed-linear.toml"),
@@ -28,6 +28,10 @@ pub const PRESETS: [(&str, &str); 10] = [
     ),
     ("cnn", include_str!("../../presets/cnn.toml")),
     ("speedrun", include_str!("../../presets/speedrun.toml")),
+    (
+        "cnn-frontier",
+        include_str!("../../presets/cnn-frontier.toml"),
+    ),
     (
         "speedrun-2min",
         include_str!("../../presets/speedrun-2min.toml"),

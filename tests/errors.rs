@@ -191,6 +191,8 @@ fn bad_configuration_files_and_values() {
             "[model]\narch = \"cnn\"\nchannels = [8, 16]\nwhiten = true\n",
             "model.whiten: the first convolution has 8 channels",
         ),
+        ("mixup.toml", "[data]\nmixup = -0.2\n", "data.mixup = -0.2"),
+        ("cutmix.toml", "[data]\ncutmix = nan\n", "data.cutmix = NaN"),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join(name);

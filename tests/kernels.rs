@@ -313,6 +313,42 @@ fn cross_entropy_matches_burn_forward_and_backward() {
 }
 
 #[test]
+fn mixed_cross_entropy_is_the_cross_entropy_of_the_blended_labels() {
+    // Mixup and cutmix train on `own` of each row's label and `1 - own` of row `n - 1 - i`'s:
+    // the loss and its gradient are those of the blended (and smoothed) target distribution.
+    let device = Device::flex().autodiff();
+    device.seed(29);
+    let (rows, classes, own, smoothing) = (9, 10, 0.7f32, 0.1f32);
+    let logits = Tensor::<2>::random([rows, classes], Distribution::Normal(0.0, 2.0), &device)
+        .require_grad();
+    let labels: Vec<usize> = (0..rows).map(|i| (i * 3 + 1) % classes).collect();
+    let as_int: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(as_int, [rows]), &device);
+    let mixed = ops::mixed_cross_entropy(logits.clone(), targets, own, smoothing);
+    let mut blended = vec![smoothing / classes as f32; rows * classes];
+    for i in 0..rows {
+        blended[i * classes + labels[i]] += own * (1.0 - smoothing);
+        blended[i * classes + labels[rows - 1 - i]] += (1.0 - own) * (1.0 - smoothing);
+    }
+    let q = Tensor::<2>::from_data(TensorData::new(blended, [rows, classes]), &device);
+    let log_p = burn::tensor::activation::log_softmax(logits.clone(), 1);
+    let reference = (q * log_p).sum().neg().div_scalar(rows as f32);
+    assert_close(
+        "mixed cross-entropy loss",
+        mixed.clone().reshape([1, 1, 1, 1]),
+        reference.clone().reshape([1, 1, 1, 1]),
+        1e-5,
+    );
+    let (g_mixed, g_ref) = (mixed.backward(), reference.backward());
+    assert_close(
+        "mixed cross-entropy gradient",
+        as4(logits.grad(&g_mixed).unwrap()),
+        as4(logits.grad(&g_ref).unwrap()),
+        1e-5,
+    );
+}
+
+#[test]
 fn batch_norm_matches_burn_forward_backward_and_running_statistics() {
     let device = Device::flex().autodiff();
     device.seed(29);

@@ -135,6 +135,14 @@ pub struct RecipeArgs {
     /// patches before training (`model.whiten`).
     #[arg(long)]
     pub whiten: bool,
+    /// Mixup with this alpha: each batch's images blended in pairs, the labels alike
+    /// (`data.mixup`).
+    #[arg(long, allow_negative_numbers = true, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
+    /// Cutmix with this alpha: a rectangle swapped between the images of each pair, the labels
+    /// blended by area (`data.cutmix`).
+    #[arg(long, allow_negative_numbers = true, value_name = "ALPHA")]
+    pub cutmix: Option<f64>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
@@ -232,6 +240,8 @@ impl RecipeArgs {
         f.give("activation", self.activation)?;
         f.give("dropout", self.dropout)?;
         f.give("whiten", self.whiten.then_some(true))?;
+        f.give("mixup", self.mixup)?;
+        f.give("cutmix", self.cutmix)?;
         f.give("epochs", self.epochs)?;
         f.give("batch_size", self.batch_size)?;
         f.give("steps_per_epoch", self.steps_per_epoch)?;
@@ -558,6 +568,8 @@ mod tests {
         );
         assert!(recipe(&["--preset", "speedrun", "--whiten"])?.model.whiten);
         assert!(!recipe(&["--preset", "speedrun"])?.model.whiten);
+        let mixed = recipe(&["--preset", "speedrun", "--mixup", "0.2", "--cutmix", "1"])?;
+        assert_eq!((mixed.data.mixup, mixed.data.cutmix), (0.2, 1.0));
         Ok(())
     }
 
@@ -569,5 +581,8 @@ mod tests {
         let err = recipe(&["--preset", "seed-mlp", "--whiten"]).err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("invalid option: model.whiten"), "{msg}");
+        let err = recipe(&["--preset", "speedrun", "--cutmix", "-1"]).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("invalid option: data.cutmix = -1"), "{msg}");
     }
 }

@@ -7,6 +7,7 @@ use rand::{Rng, RngExt};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::mixing::Mixing;
 use super::{PIXELS, SIDE, Split};
 
 /// How pixel bytes become model inputs.
@@ -48,17 +49,19 @@ pub struct Augmentation {
     pub translate: usize,
     /// Probability of erasing a random rectangle (random erasing, Zhong et al. 2017).
     pub erase: f64,
+    /// Mixup or cutmix of the batch's images in pairs, after the transformations above.
+    pub mixing: Mixing,
 }
 
 impl Augmentation {
     pub fn is_identity(&self) -> bool {
-        !self.flip && self.translate == 0 && self.erase == 0.0
+        !self.flip && self.only_mirrors()
     }
 
     /// Whether every image it makes is its source or the source's mirror (so that a model's
     /// scores of the augmented batch can be looked up rather than computed).
     pub fn only_mirrors(&self) -> bool {
-        self.translate == 0 && self.erase == 0.0
+        self.translate == 0 && self.erase == 0.0 && self.mixing.is_off()
     }
 }
 
@@ -101,6 +104,9 @@ pub struct Batch {
     pub targets: Tensor<1, Int>,
     /// Whether each image is mirrored left-right; empty for a batch made without augmentation.
     pub mirrored: Vec<bool>,
+    /// With mixup or cutmix, the share `λ` of each image that is its own; the rest is its
+    /// partner's, image `n - 1 - i`, and so is `1 - λ` of its label.
+    pub mixed: Option<f32>,
 }
 
 impl Batch {
@@ -111,6 +117,7 @@ impl Batch {
             images: Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device),
             targets: targets(split, indices.iter().copied(), device),
             mirrored: Vec::new(),
+            mixed: None,
         }
     }
 }
@@ -218,6 +225,7 @@ impl Batcher {
             images,
             targets: targets(split, indices.iter().copied(), device),
             mirrored: Vec::new(),
+            mixed: None,
         }
     }
 
@@ -270,8 +278,10 @@ impl Batcher {
         }
         // SAFETY: the loop above wrote all `indices.len() * PIXELS` values.
         unsafe { values.set_len(indices.len() * PIXELS) };
+        let mixed = augmentation.mixing.apply(&mut values, rng);
         Batch {
             mirrored,
+            mixed,
             ..Batch::new(values, split, indices, device)
         }
     }
@@ -282,6 +292,7 @@ impl Batcher {
             images: self.images(&split.images[start * PIXELS..end * PIXELS], device),
             targets: targets(split, start..end, device),
             mirrored: Vec::new(),
+            mixed: None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod download;
 pub mod files;
 pub mod idx;
+pub mod mixing;
 pub mod prefetch;
 
 use std::path::{Path, PathBuf};

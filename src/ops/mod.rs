@@ -258,6 +258,19 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f32)
         .forward(logits, targets)
 }
 
+/// The cross-entropy of a mixed batch (mixup, cutmix): `own` of each row's loss against its own
+/// label and `1 - own` against its partner's, row `n - 1 - i` (see [`crate::data::mixing`]).
+pub fn mixed_cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    own: f32,
+    smoothing: f32,
+) -> Tensor<1> {
+    let partners = targets.clone().flip([0]);
+    cross_entropy(logits.clone(), targets, smoothing).mul_scalar(own)
+        + cross_entropy(logits, partners, smoothing).mul_scalar(1.0 - own)
+}
+
 /// ReLU: on flex a kernel on all threads (Burn's runs on one), Burn's elsewhere.
 ///
 /// # Shapes

@@ -10,6 +10,7 @@ use super::lookahead::LookaheadConfig;
 use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
 use crate::data::batcher::{Augmentation, Normalization};
+use crate::data::mixing::Mixing;
 use crate::error::{Error, Result};
 use crate::evaluation::Tta;
 use crate::model::ModelConfig;
@@ -59,6 +60,13 @@ pub struct DataConfig {
     /// Training-time augmentation: probability of random erasing (a rectangle of 2-33% of the
     /// image, aspect 0.3-3.3, set to background).
     pub erase: f64,
+    /// Training-time augmentation: mixup's `α` (each batch's images blended in pairs, `λ x_i +
+    /// (1 - λ) x_j` with `λ ~ Beta(α, α)`, the labels blended alike); 0 for none.
+    pub mixup: f64,
+    /// Training-time augmentation: cutmix's `α` (a rectangle of about `1 - λ` of the image
+    /// swapped between the pair, `λ ~ Beta(α, α)`); 0 for none. With mixup too, each batch gets
+    /// one of the two, with even odds.
+    pub cutmix: f64,
     /// Test-time augmentation at evaluation: average the predictions for the image and its mirror.
     pub tta_flip: bool,
     /// Test-time augmentation: also average the predictions for the image shifted by this many
@@ -77,6 +85,8 @@ impl Default for DataConfig {
             flip: false,
             translate: 0,
             erase: 0.0,
+            mixup: 0.0,
+            cutmix: 0.0,
             tta_flip: false,
             tta_shift: 0,
         }
@@ -98,6 +108,10 @@ impl DataConfig {
             flip: self.flip,
             translate: self.translate,
             erase: self.erase,
+            mixing: Mixing {
+                mixup: self.mixup,
+                cutmix: self.cutmix,
+            },
         }
     }
 }
@@ -263,6 +277,13 @@ impl TrainConfig {
                 "data.erase = {}: a probability, from 0 to 1",
                 self.data.erase
             )));
+        }
+        for (key, alpha) in [("mixup", self.data.mixup), ("cutmix", self.data.cutmix)] {
+            if !(alpha.is_finite() && alpha >= 0.0) {
+                return Err(Error::Config(format!(
+                    "data.{key} = {alpha}: the Beta distribution's alpha, above 0 (0 for off)"
+                )));
+            }
         }
         if self.data.tta_shift > 4 {
             return Err(Error::Config(format!(

@@ -8,7 +8,7 @@ use toml::{Table, Value};
 /// (`--weight-decay`); a study file may write the short name or the full key. `model`,
 /// `optimizer` and `schedule` are short names only when given a string (`[model]` is the
 /// table); `arch` is the study files' older name for `model`.
-pub const SHORT_NAMES: [(&str, &str); 23] = [
+pub const SHORT_NAMES: [(&str, &str); 25] = [
     ("model", "model.arch"),
     ("arch", "model.arch"),
     ("hidden", "model.hidden"),
@@ -28,6 +28,8 @@ pub const SHORT_NAMES: [(&str, &str); 23] = [
     ("normalization", "data.normalization"),
     ("flip", "data.flip"),
     ("translate", "data.translate"),
+    ("mixup", "data.mixup"),
+    ("cutmix", "data.cutmix"),
     ("patience", "early_stopping.patience"),
     ("min_delta", "early_stopping.min_delta"),
     ("restore_best", "early_stopping.restore_best"),

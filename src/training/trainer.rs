@@ -32,7 +32,7 @@ use crate::data::{FashionMnist, Split};
 use crate::error::{Error, Result};
 use crate::evaluation::{Tta, evaluate_with, predicted_classes};
 use crate::model::Model;
-use crate::ops::cross_entropy;
+use crate::ops::{cross_entropy, mixed_cross_entropy};
 
 /// Receives progress events; the console, a study's progress view and tests implement it.
 pub trait Reporter {
@@ -479,7 +479,10 @@ impl<'a> Trainer<'a> {
             .map(|teacher| teacher.soft_targets(indices, &batch));
         let logits = learner.model.forward(batch.images);
         let smoothing = config.label_smoothing as f32;
-        let hard = cross_entropy(logits.clone(), batch.targets.clone(), smoothing);
+        let hard = match batch.mixed {
+            Some(own) => mixed_cross_entropy(logits.clone(), batch.targets, own, smoothing),
+            None => cross_entropy(logits.clone(), batch.targets, smoothing),
+        };
         // The history records the labels' cross-entropy; with a teacher the mixture is trained.
         let loss_value = hard.clone().into_scalar::<f64>();
         let loss = match (&self.teacher, soft_targets) {

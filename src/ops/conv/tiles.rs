@@ -34,9 +34,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) ->
                     for (o, plane) in out_i.chunks_mut(pixels).enumerate() {
                         let conv = &scratch.2[o * tiles.pixels..];
                         for (row, src) in plane.chunks_mut(ow).zip(conv.chunks(wide)) {
-                            row.iter_mut().zip(src).for_each(|(d, &v)| {
-                                d.write(v);
-                            });
+                            row.write_copy_of_slice(&src[..ow]);
                         }
                     }
                 },
@@ -130,11 +128,14 @@ fn bfloat16(x: &[f32]) -> Vec<u16> {
         out.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))
             .for_each(|(o, x)| {
-                amx::vectorised(|| {
-                    o.iter_mut().zip(x).for_each(|(o, &v)| {
-                        o.write(amx::to_bf16(v));
-                    })
-                })
+                amx::vectorised(
+                    #[inline(always)]
+                    || {
+                        o.iter_mut().zip(x).for_each(|(o, &v)| {
+                            o.write(amx::to_bf16(v));
+                        })
+                    },
+                )
             })
     };
     // SAFETY: the chunks of `out` and `x` match one for one (equal lengths); each value is written.
@@ -231,22 +232,25 @@ impl TileForward {
             let (c, ky, kx) = (t / (k * k), t % (k * k) / k, t % k);
             &padded[c * plane + ky * self.wide + kx..][..run]
         };
-        amx::vectorised(|| {
-            let pairs = s.patch().div_ceil(2);
-            for (j, row) in tiles.chunks_exact_mut(self.pixels).take(pairs).enumerate() {
-                let (row, even) = (&mut row[..run], tap(2 * j));
-                if 2 * j + 1 < s.patch() {
-                    let odd = tap(2 * j + 1);
-                    for ((o, &e), &d) in row.iter_mut().zip(even).zip(odd) {
-                        *o = e as u32 | ((d as u32) << 16);
-                    }
-                } else {
-                    for (o, &e) in row.iter_mut().zip(even) {
-                        *o = e as u32;
+        amx::vectorised(
+            #[inline(always)]
+            || {
+                let pairs = s.patch().div_ceil(2);
+                for (j, row) in tiles.chunks_exact_mut(self.pixels).take(pairs).enumerate() {
+                    let (row, even) = (&mut row[..run], tap(2 * j));
+                    if 2 * j + 1 < s.patch() {
+                        let odd = tap(2 * j + 1);
+                        for ((o, &e), &d) in row.iter_mut().zip(even).zip(odd) {
+                            *o = e as u32 | ((d as u32) << 16);
+                        }
+                    } else {
+                        for (o, &e) in row.iter_mut().zip(even) {
+                            *o = e as u32;
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 }
 

@@ -190,6 +190,16 @@ fn a_plain_study_starts_one_worker_per_core() {
     assert_eq!(common::report_rows(&out), common::report_rows(&serial));
 }
 
+/// Whether a run of the study in `out` has saved a checkpoint and not yet its result.
+fn some_run_in_progress(out: &Path) -> bool {
+    let Ok(runs) = std::fs::read_dir(out.join("runs")) else {
+        return false;
+    };
+    runs.flatten().any(|run| {
+        run.path().join("checkpoint.ckpt").exists() && !run.path().join("result.json").exists()
+    })
+}
+
 #[test]
 fn workers_killed_at_random_lose_nothing_and_train_nothing_twice() {
     let dir = TempDir::new("kill-workers");
@@ -209,6 +219,12 @@ fn workers_killed_at_random_lose_nothing_and_train_nothing_twice() {
     let mut killed = 0;
     while killed < 20 {
         std::thread::sleep(Duration::from_millis(150 + random(350)));
+        // On a loaded machine the workers take longer to start than the pause: wait until some
+        // run has saved a checkpoint, so that kills can land inside runs that have progressed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !some_run_in_progress(&out) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let victim = random(workers.len() as u64) as usize;
         if workers[victim].try_wait().unwrap().is_some() {
             break; // the study finished before 20 kills

@@ -40,20 +40,25 @@ impl Mixing {
     }
 }
 
-/// Each image becomes `λ` of itself plus `1 - λ` of its partner.
-fn mixup(values: &mut [f32], lambda: f32) {
+/// Calls `f` with the pixels of image `i` and of its partner `n - 1 - i`, for each pair of the
+/// batch's `n` images; an odd batch's middle image is its own partner and is left as it is.
+fn each_pair(values: &mut [f32], mut f: impl FnMut(&mut [f32], &mut [f32])) {
     let n = values.len() / PIXELS;
     for i in 0..n / 2 {
-        let j = n - 1 - i;
-        let (head, tail) = values.split_at_mut(j * PIXELS);
-        let (a, b) = (&mut head[i * PIXELS..(i + 1) * PIXELS], &mut tail[..PIXELS]);
+        let (head, tail) = values.split_at_mut((n - 1 - i) * PIXELS);
+        f(&mut head[i * PIXELS..(i + 1) * PIXELS], &mut tail[..PIXELS]);
+    }
+}
+
+/// Each image becomes `λ` of itself plus `1 - λ` of its partner.
+fn mixup(values: &mut [f32], lambda: f32) {
+    each_pair(values, |a, b| {
         for (a, b) in a.iter_mut().zip(b) {
             let (x, y) = (*a, *b);
             *a = lambda * x + (1.0 - lambda) * y;
             *b = lambda * y + (1.0 - lambda) * x;
         }
-    }
-    // An odd batch's middle image is its own partner: mixing leaves it as it is.
+    });
 }
 
 /// Swaps a random rectangle of about `1 - λ` of the image between each image and its partner
@@ -69,16 +74,12 @@ fn cutmix(values: &mut [f32], lambda: f64, rng: &mut impl Rng) -> f32 {
         lo..hi
     };
     let (rows, cols) = (span(cy), span(cx));
-    let n = values.len() / PIXELS;
-    for i in 0..n / 2 {
-        let j = n - 1 - i;
-        let (head, tail) = values.split_at_mut(j * PIXELS);
-        let (a, b) = (&mut head[i * PIXELS..(i + 1) * PIXELS], &mut tail[..PIXELS]);
+    each_pair(values, |a, b| {
         for r in rows.clone() {
             let run = r * SIDE + cols.start..r * SIDE + cols.end;
             a[run.clone()].swap_with_slice(&mut b[run]);
         }
-    }
+    });
     let pasted = rows.len() * cols.len();
     1.0 - pasted as f32 / PIXELS as f32
 }

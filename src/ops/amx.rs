@@ -196,11 +196,10 @@ fn detect() -> bool {
 
 /// Runs `f` compiled for AVX-512 (16 `f32` lanes instead of the baseline's 4) where the CPU has
 /// it, as compiled otherwise: the bfloat16 path's conversions and copies, which the compiler
-/// vectorises from plain loops. Only code inlined into the AVX-512 copy gets its instructions, so
-/// pass a closure marked `#[inline(always)]`: left to itself, the compiler kept large closures
-/// out of line, in baseline SSE code (`objdump -d` showed no `zmm` register in them).
+/// vectorises from plain loops. Only code inlined into the AVX-512 copy gets its instructions;
+/// call it through [`vectorised!`], which marks the closure `#[inline(always)]`.
 #[inline(always)]
-pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if avx512_available() {
         // SAFETY: `avx512_available` checked that the CPU has AVX-512 F/BW/VL.
@@ -208,6 +207,19 @@ pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// `vectorised!{ statements }`: the block run by [`with_avx512`] as a closure marked
+/// `#[inline(always)]`. Left to itself the compiler kept large closures out of line, compiled
+/// for the baseline's SSE (`objdump -d` showed no `zmm` register in five of eight of them).
+macro_rules! vectorised {
+    ($($body:tt)*) => {
+        $crate::ops::amx::with_avx512(
+            #[inline(always)]
+            || { $($body)* },
+        )
+    };
+}
+pub(crate) use vectorised;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -279,25 +291,22 @@ pub fn interleave_rows(
     dst: &mut [u32],
     ldb: usize,
 ) {
-    vectorised(
-        #[inline(always)]
-        || {
-            for p in 0..rows.div_ceil(2) {
-                let even = &src[2 * p * src_stride..][..cols];
-                let out = &mut dst[p * ldb..][..cols];
-                if 2 * p + 1 < rows {
-                    let odd = &src[(2 * p + 1) * src_stride..][..cols];
-                    for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
-                        *o = pair(e, d);
-                    }
-                } else {
-                    for (o, &e) in out.iter_mut().zip(even) {
-                        *o = pair(e, 0.0);
-                    }
+    vectorised! {
+        for p in 0..rows.div_ceil(2) {
+            let even = &src[2 * p * src_stride..][..cols];
+            let out = &mut dst[p * ldb..][..cols];
+            if 2 * p + 1 < rows {
+                let odd = &src[(2 * p + 1) * src_stride..][..cols];
+                for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
+                    *o = pair(e, d);
+                }
+            } else {
+                for (o, &e) in out.iter_mut().zip(even) {
+                    *o = pair(e, 0.0);
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 /// The bfloat16 halves of pair-interleaved elements, `2 * i + k % 2` for element `i`'s half.
@@ -317,41 +326,38 @@ pub fn interleave_transposed(
     dst: &mut [u32],
     ldb: usize,
 ) {
-    vectorised(
-        #[inline(always)]
-        || {
-            // Blocks of 16 source rows × 16 pairs: each row's pairs converted along the row (which
-            // vectorises), then the block written out transposed, whole cache lines at a time.
-            let pairs = cols.div_ceil(2);
-            let mut block = [[0u32; 16]; 16];
-            for j0 in (0..rows).step_by(16) {
-                let rows_here = 16.min(rows - j0);
-                for p0 in (0..pairs).step_by(16) {
-                    let pairs_here = 16.min(pairs - p0);
-                    // Pairs with both columns inside `src`; an odd last column pairs with zero.
-                    let whole = (cols / 2).saturating_sub(p0).min(pairs_here);
-                    for (jj, converted) in block.iter_mut().take(rows_here).enumerate() {
-                        let row = &src[(j0 + jj) * src_stride..][..cols];
-                        for (o, two) in converted[..whole]
-                            .iter_mut()
-                            .zip(row[2 * p0..].chunks_exact(2))
-                        {
-                            *o = pair(two[0], two[1]);
-                        }
-                        if whole < pairs_here {
-                            converted[whole] = pair(row[cols - 1], 0.0);
-                        }
+    vectorised! {
+        // Blocks of 16 source rows × 16 pairs: each row's pairs converted along the row (which
+        // vectorises), then the block written out transposed, whole cache lines at a time.
+        let pairs = cols.div_ceil(2);
+        let mut block = [[0u32; 16]; 16];
+        for j0 in (0..rows).step_by(16) {
+            let rows_here = 16.min(rows - j0);
+            for p0 in (0..pairs).step_by(16) {
+                let pairs_here = 16.min(pairs - p0);
+                // Pairs with both columns inside `src`; an odd last column pairs with zero.
+                let whole = (cols / 2).saturating_sub(p0).min(pairs_here);
+                for (jj, converted) in block.iter_mut().take(rows_here).enumerate() {
+                    let row = &src[(j0 + jj) * src_stride..][..cols];
+                    for (o, two) in converted[..whole]
+                        .iter_mut()
+                        .zip(row[2 * p0..].chunks_exact(2))
+                    {
+                        *o = pair(two[0], two[1]);
                     }
-                    for pp in 0..pairs_here {
-                        let out = &mut dst[(p0 + pp) * ldb + j0..][..rows_here];
-                        for (o, converted) in out.iter_mut().zip(&block) {
-                            *o = converted[pp];
-                        }
+                    if whole < pairs_here {
+                        converted[whole] = pair(row[cols - 1], 0.0);
+                    }
+                }
+                for pp in 0..pairs_here {
+                    let out = &mut dst[(p0 + pp) * ldb + j0..][..rows_here];
+                    for (o, converted) in out.iter_mut().zip(&block) {
+                        *o = converted[pp];
                     }
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 /// Converts the row-major `src` (`rows × cols`, stride `src_stride`) into bf16 rows of `dst`
@@ -364,16 +370,13 @@ pub fn convert_rows(
     dst: &mut [u16],
     dst_stride: usize,
 ) {
-    vectorised(
-        #[inline(always)]
-        || {
-            for r in 0..rows {
-                let s = &src[r * src_stride..][..cols];
-                let d = &mut dst[r * dst_stride..][..cols];
-                d.iter_mut().zip(s).for_each(|(d, s)| *d = to_bf16(*s));
-            }
-        },
-    )
+    vectorised! {
+        for r in 0..rows {
+            let s = &src[r * src_stride..][..cols];
+            let d = &mut dst[r * dst_stride..][..cols];
+            d.iter_mut().zip(s).for_each(|(d, s)| *d = to_bf16(*s));
+        }
+    }
 }
 
 /// The tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.

@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::amx::vectorised;
 use super::written;
 
 #[cfg(target_arch = "x86_64")]
@@ -93,10 +94,11 @@ pub fn normalize(
                 let (mean, var) = stats[c];
                 let scale = gamma[c] / (var as f64 + epsilon).sqrt() as f32;
                 let shift = beta[c] - mean * scale;
-                if relu {
-                    map(y, x, |x| super::relu::relu(x * scale + shift));
-                } else {
-                    map(y, x, |x| x * scale + shift);
+                vectorised! {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        let v = x * scale + shift;
+                        y.write(if relu { super::relu::relu(v) } else { v });
+                    }
                 }
             })
     };
@@ -191,10 +193,12 @@ fn gradients<const RELU: bool>(
                 let (dgamma, dbeta) = sums[c];
                 let scale = gamma[c] * r;
                 let (mean_dy, mean_dy_xhat) = (dbeta / count, dgamma / count);
-                map3(dx, (x, dy, y), |x, g, y| {
-                    let x_hat = (x - m) * r;
-                    scale * (gate::<RELU>(y, g) - mean_dy - x_hat * mean_dy_xhat)
-                });
+                vectorised! {
+                    for (((d, &x), &g), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
+                        let x_hat = (x - m) * r;
+                        d.write(scale * (gate::<RELU>(y, g) - mean_dy - x_hat * mean_dy_xhat));
+                    }
+                }
             })
     };
     // SAFETY: the planes of `dx`, `x`, `dy` and `y` match one for one (the lengths are equal), and
@@ -206,58 +210,6 @@ fn gradients<const RELU: bool>(
     let dx = unsafe { written(x.len(), fill) };
     let (dgamma, dbeta) = sums.into_iter().unzip();
     (dx, dgamma, dbeta)
-}
-
-/// `out[i] = g(x[i])`, compiled for AVX-512 where the CPU has it (the same values: element by
-/// element, no sums).
-#[inline(always)]
-fn map(out: &mut [MaybeUninit<f32>], x: &[f32], g: impl Fn(f32) -> f32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::amx::avx512_available() {
-        // SAFETY: the CPU has AVX-512 F, BW and VL.
-        return unsafe { map_avx512(out, x, g) };
-    }
-    out.iter_mut().zip(x).for_each(|(o, &x)| {
-        o.write(g(x));
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn map_avx512(out: &mut [MaybeUninit<f32>], x: &[f32], g: impl Fn(f32) -> f32) {
-    out.iter_mut().zip(x).for_each(|(o, &x)| {
-        o.write(g(x));
-    });
-}
-
-/// `out[i] = g(x[i], dy[i], y[i])`, compiled for AVX-512 where the CPU has it.
-#[inline(always)]
-fn map3(
-    out: &mut [MaybeUninit<f32>],
-    inputs: (&[f32], &[f32], &[f32]),
-    g: impl Fn(f32, f32, f32) -> f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::amx::avx512_available() {
-        // SAFETY: the CPU has AVX-512 F, BW and VL.
-        return unsafe { map3_avx512(out, inputs, g) };
-    }
-    let (x, dy, y) = inputs;
-    for (((o, &x), &d), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
-        o.write(g(x, d, y));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn map3_avx512(
-    out: &mut [MaybeUninit<f32>],
-    (x, dy, y): (&[f32], &[f32], &[f32]),
-    g: impl Fn(f32, f32, f32) -> f32,
-) {
-    for (((o, &x), &d), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
-        o.write(g(x, d, y));
-    }
 }
 
 /// `dy`, or with `RELU` `dy` where the ReLU output `y` lets the gradient through.

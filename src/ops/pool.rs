@@ -16,10 +16,7 @@ pub fn pool_plane(
     // Compiled for AVX-512 where the CPU has it: the selects run 16 outputs at a time (the
     // baseline's SSE2 code ran 4, and pooling was 4% of a speedrun step); the same selects, so
     // the same values.
-    super::amx::vectorised(
-        #[inline(always)]
-        || pool_plane_with(x, (height, width, stride), out, arg),
-    )
+    super::amx::vectorised!(pool_plane_with(x, (height, width, stride), out, arg))
 }
 
 #[inline(always)]

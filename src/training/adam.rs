@@ -73,10 +73,7 @@ impl Step {
     /// where the CPU has AVX-512 (the baseline build's loop ran one at a time, `sqrtss` and
     /// `divss`), with the same operations in the same order, so the same bits.
     fn apply(&self, slices: Slices) {
-        crate::ops::amx::vectorised(
-            #[inline(always)]
-            || self.dispatch(slices),
-        )
+        crate::ops::amx::vectorised!(self.dispatch(slices))
     }
 
     /// The loop without branches inside, one copy per case.

@@ -62,10 +62,7 @@ fn fold_slice(shadow: &mut [f32], current: &[f32], keep: f32, take: f32) {
             *s = *s * keep + c * take;
         }
     }
-    crate::ops::amx::vectorised(
-        #[inline(always)]
-        || fold(shadow, current, keep, take),
-    )
+    crate::ops::amx::vectorised!(fold(shadow, current, keep, take))
 }
 
 /// Replaces each parameter's values by the shadow's, on the parameter's device, keeping its

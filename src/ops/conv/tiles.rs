@@ -128,14 +128,11 @@ fn bfloat16(x: &[f32]) -> Vec<u16> {
         out.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))
             .for_each(|(o, x)| {
-                amx::vectorised(
-                    #[inline(always)]
-                    || {
-                        o.iter_mut().zip(x).for_each(|(o, &v)| {
-                            o.write(amx::to_bf16(v));
-                        })
-                    },
-                )
+                amx::vectorised! {
+                    o.iter_mut().zip(x).for_each(|(o, &v)| {
+                        o.write(amx::to_bf16(v));
+                    })
+                }
             })
     };
     // SAFETY: the chunks of `out` and `x` match one for one (equal lengths); each value is written.
@@ -232,25 +229,22 @@ impl TileForward {
             let (c, ky, kx) = (t / (k * k), t % (k * k) / k, t % k);
             &padded[c * plane + ky * self.wide + kx..][..run]
         };
-        amx::vectorised(
-            #[inline(always)]
-            || {
-                let pairs = s.patch().div_ceil(2);
-                for (j, row) in tiles.chunks_exact_mut(self.pixels).take(pairs).enumerate() {
-                    let (row, even) = (&mut row[..run], tap(2 * j));
-                    if 2 * j + 1 < s.patch() {
-                        let odd = tap(2 * j + 1);
-                        for ((o, &e), &d) in row.iter_mut().zip(even).zip(odd) {
-                            *o = e as u32 | ((d as u32) << 16);
-                        }
-                    } else {
-                        for (o, &e) in row.iter_mut().zip(even) {
-                            *o = e as u32;
-                        }
+        amx::vectorised! {
+            let pairs = s.patch().div_ceil(2);
+            for (j, row) in tiles.chunks_exact_mut(self.pixels).take(pairs).enumerate() {
+                let (row, even) = (&mut row[..run], tap(2 * j));
+                if 2 * j + 1 < s.patch() {
+                    let odd = tap(2 * j + 1);
+                    for ((o, &e), &d) in row.iter_mut().zip(even).zip(odd) {
+                        *o = e as u32 | ((d as u32) << 16);
+                    }
+                } else {
+                    for (o, &e) in row.iter_mut().zip(even) {
+                        *o = e as u32;
                     }
                 }
-            },
-        )
+            }
+        }
     }
 }
 

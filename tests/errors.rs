@@ -193,6 +193,26 @@ fn bad_configuration_files_and_values() {
         ),
         ("mixup.toml", "[data]\nmixup = -0.2\n", "data.mixup = -0.2"),
         ("cutmix.toml", "[data]\ncutmix = nan\n", "data.cutmix = NaN"),
+        (
+            "progressive-cnn.toml",
+            "epochs = 5\n[model]\narch = \"cnn\"\n[data]\nprogressive = [16, 16]\n",
+            "only model.arch = \"resnet\" takes other image sizes",
+        ),
+        (
+            "progressive-side.toml",
+            "epochs = 5\n[model]\narch = \"resnet\"\n[data]\nprogressive = [16, 14]\n",
+            "data.progressive = [16, 14]: side 14: sides are 8, 12, 16, 20 or 24",
+        ),
+        (
+            "progressive-all.toml",
+            "epochs = 4\n[model]\narch = \"resnet\"\n[data]\nprogressive = [16, 16, 24, 24]\n",
+            "4 epochs resized of 4: leave at least the last epoch at 28x28",
+        ),
+        (
+            "progressive-shape.toml",
+            "[data]\nprogressive = [[16, 2]]\n",
+            "progressive-shape.toml:2:",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = dir.path().join(name);

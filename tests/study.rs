@@ -220,6 +220,7 @@ fn synthetic_history(epochs: usize, best: usize, offset: f64) -> History {
                     val_acc: 1.0 - val_loss / 3.0,
                     seconds: 0.1,
                     eval_seconds: 0.01,
+                    image_side: None,
                 }
             })
             .collect(),

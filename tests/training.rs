@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use burn::prelude::*;
 use fmnist::data::batcher::Batcher;
@@ -28,7 +28,14 @@ fn dataset() -> &'static FashionMnist {
     })
 }
 
+/// Trains `config` into a fresh directory. One run at a time: Burn's device random generator is
+/// process-wide (see `training::train`), and the tests of this file run on parallel threads, so
+/// two runs at once would draw from each other's stream and a seed would not give its run.
 fn run(config: &TrainConfig, tag: &str) -> (training::RunResult, History, common::TempDir) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = common::TempDir::new(tag);
     let dir = RunDir::create(root.path(), Some("run"), tag, false).unwrap();
     let result = training::train(config, dataset(), &dir, &Device::flex(), &mut Silent).unwrap();
@@ -253,4 +260,54 @@ fn mixup_and_cutmix_train_on_blended_labels_reproducibly() {
     assert_eq!(last_loss(&mixed_history), last_loss(&again));
     let written = std::fs::read_to_string(root.path().join("run/config.toml")).unwrap();
     assert!(written.contains("mixup = 1.0"), "{written}");
+}
+
+/// A small ResNet (the family that takes any image size) for short runs.
+fn small_resnet(epochs: usize, steps: usize) -> TrainConfig {
+    let mut config = TrainConfig::preset("best").unwrap();
+    config.epochs = epochs;
+    config.steps_per_epoch = steps;
+    config.model.channels = vec![16, 32];
+    config.model.blocks = vec![1, 1];
+    config.data.erase = 0.0;
+    config.data.tta_flip = false;
+    config.data.tta_shift = 0;
+    config
+}
+
+#[test]
+fn progressive_resizing_trains_the_first_epochs_on_smaller_images() {
+    // Three epochs of 100 batches: 12x12, 20x20, then 28x28 images. Each epoch records its side
+    // (28 in the CSV for the full-size one), the evaluation is at 28x28 throughout, the same seed
+    // gives the same run, and the last epoch at full size brings the model to the accuracy of
+    // the run that never resized, within a few points.
+    let mut config = small_resnet(3, 100);
+    let (plain, plain_history, _a) = run(&config, "full-size");
+    config.data.progressive = vec![12, 20];
+    let (resized, history, root) = run(&config, "progressive");
+    let (_, again, _b) = run(&config, "progressive-again");
+    let sides: Vec<_> = history.epochs.iter().map(|e| e.image_side).collect();
+    assert_eq!(sides, [Some(12), Some(20), None]);
+    let csv = std::fs::read_to_string(root.path().join("run/history.csv")).unwrap();
+    let last_column: Vec<_> = csv.lines().map(|l| l.rsplit(',').next().unwrap()).collect();
+    assert_eq!(last_column, ["image_side", "12", "20", "28"]);
+    eprintln!(
+        "test accuracy: full size {}, progressive {}; epoch 1 losses {} and {}",
+        plain.test_acc, resized.test_acc, plain_history.epochs[0].loss, history.epochs[0].loss
+    );
+    assert_ne!(plain_history.epochs[0].loss, history.epochs[0].loss);
+    let losses = |h: &History| {
+        h.epochs
+            .iter()
+            .map(|e| (e.loss, e.val_loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&history), losses(&again));
+    assert!(resized.test_acc > 0.7, "progressive: {}", resized.test_acc);
+    assert!(
+        resized.test_acc > plain.test_acc - 0.05,
+        "{} against {}",
+        resized.test_acc,
+        plain.test_acc
+    );
 }

@@ -143,6 +143,10 @@ pub struct RecipeArgs {
     /// blended by area (`data.cutmix`).
     #[arg(long, allow_negative_numbers = true, value_name = "ALPHA")]
     pub cutmix: Option<f64>,
+    /// Progressive resizing: the image side of each of the first epochs, comma-separated (for
+    /// example 16,16,20,24; `resnet` only; `data.progressive`).
+    #[arg(long, value_delimiter = ',', value_name = "SIDE,SIDE,...")]
+    pub progressive: Option<Vec<usize>>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
@@ -242,6 +246,7 @@ impl RecipeArgs {
         f.give("whiten", self.whiten.then_some(true))?;
         f.give("mixup", self.mixup)?;
         f.give("cutmix", self.cutmix)?;
+        f.give("progressive", self.progressive.as_ref())?;
         f.give("epochs", self.epochs)?;
         f.give("batch_size", self.batch_size)?;
         f.give("steps_per_epoch", self.steps_per_epoch)?;
@@ -570,6 +575,8 @@ mod tests {
         assert!(!recipe(&["--preset", "speedrun"])?.model.whiten);
         let mixed = recipe(&["--preset", "speedrun", "--mixup", "0.2", "--cutmix", "1"])?;
         assert_eq!((mixed.data.mixup, mixed.data.cutmix), (0.2, 1.0));
+        let resized = recipe(&["--preset", "best", "--progressive", "16,16,24"])?;
+        assert_eq!(resized.data.progressive, [16, 16, 24]);
         Ok(())
     }
 
@@ -584,5 +591,8 @@ mod tests {
         let err = recipe(&["--preset", "speedrun", "--cutmix", "-1"]).err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("invalid option: data.cutmix = -1"), "{msg}");
+        let err = recipe(&["--preset", "speedrun", "--progressive", "16"]).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("only model.arch = \"resnet\""), "{msg}");
     }
 }

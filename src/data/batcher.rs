@@ -51,6 +51,8 @@ pub struct Augmentation {
     pub erase: f64,
     /// Mixup or cutmix of the batch's images in pairs, after the transformations above.
     pub mixing: Mixing,
+    /// The side the images are downscaled to, last (progressive resizing); `None` keeps 28.
+    pub resize: Option<usize>,
 }
 
 impl Augmentation {
@@ -61,7 +63,7 @@ impl Augmentation {
     /// Whether every image it makes is its source or the source's mirror (so that a model's
     /// scores of the augmented batch can be looked up rather than computed).
     pub fn only_mirrors(&self) -> bool {
-        self.translate == 0 && self.erase == 0.0 && self.mixing.is_off()
+        self.translate == 0 && self.erase == 0.0 && self.mixing.is_off() && self.resize.is_none()
     }
 }
 
@@ -98,7 +100,7 @@ fn targets(
 /// A batch ready for the model.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// `[batch, 1, 28, 28]` scaled pixels.
+    /// `[batch, 1, 28, 28]` scaled pixels (smaller when the augmentation resizes them).
     pub images: Tensor<4>,
     /// `[batch]` class indices.
     pub targets: Tensor<1, Int>,
@@ -110,11 +112,18 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The examples of `split` at `indices`, from their scaled pixels (`indices.len() * 784`).
-    pub(super) fn new(pixels: Vec<f32>, split: &Split, indices: &[usize], device: &Device) -> Self {
+    /// The examples of `split` at `indices`, from their scaled pixels (`indices.len()` square
+    /// images of side `side`).
+    pub(super) fn new(
+        pixels: Vec<f32>,
+        side: usize,
+        split: &Split,
+        indices: &[usize],
+        device: &Device,
+    ) -> Self {
         let n = indices.len();
         Batch {
-            images: Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device),
+            images: Tensor::from_data(TensorData::new(pixels, [n, 1, side, side]), device),
             targets: targets(split, indices.iter().copied(), device),
             mirrored: Vec::new(),
             mixed: None,
@@ -279,10 +288,14 @@ impl Batcher {
         // SAFETY: the loop above wrote all `indices.len() * PIXELS` values.
         unsafe { values.set_len(indices.len() * PIXELS) };
         let mixed = augmentation.mixing.apply(&mut values, rng);
+        let (values, side) = match augmentation.resize {
+            Some(side) => (super::resize::downscale(&values, SIDE, side), side),
+            None => (values, SIDE),
+        };
         Batch {
             mirrored,
             mixed,
-            ..Batch::new(values, split, indices, device)
+            ..Batch::new(values, side, split, indices, device)
         }
     }
 

@@ -1,6 +1,6 @@
 //! The Fashion-MNIST dataset: finding it ([`files`]), reading IDX files ([`idx`]), fetching it
-//! ([`download`]) and turning examples into tensors, augmented or not ([`batcher`]), the next
-//! batch filled while the current one trains ([`prefetch`]).
+//! ([`download`]) and turning examples into tensors, augmented ([`mixing`], [`resize`]) or not
+//! ([`batcher`]), the next batch filled while the current one trains ([`prefetch`]).
 
 pub mod batcher;
 pub mod download;
@@ -8,6 +8,7 @@ pub mod files;
 pub mod idx;
 pub mod mixing;
 pub mod prefetch;
+pub mod resize;
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use burn::prelude::*;
 
 use super::batcher::{Batch, Batcher};
-use super::{PIXELS, Split};
+use super::{PIXELS, SIDE, Split};
 
 /// Rows one call of [`Prefetcher::help`] fills: a few microseconds, so that a kernel waiting
 /// for the thread is not held up.
@@ -151,7 +151,7 @@ impl<'a> Prefetcher<'a> {
         };
         // SAFETY: `is_complete` showed all `indices.len() * PIXELS` values written.
         unsafe { job.values.set_len(job.indices.len() * PIXELS) };
-        Batch::new(job.values, self.split, &job.indices, device)
+        Batch::new(job.values, SIDE, self.split, &job.indices, device)
     }
 }
 

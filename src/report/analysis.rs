@@ -151,6 +151,7 @@ mod tests {
                     val_acc: 1.0 - val_loss / 2.0,
                     seconds: 0.1,
                     eval_seconds: 0.01,
+                    image_side: None,
                 })
                 .collect(),
         }

@@ -11,9 +11,10 @@ use super::optimizer::OptimizerConfig;
 use super::schedule::ScheduleConfig;
 use crate::data::batcher::{Augmentation, Normalization};
 use crate::data::mixing::Mixing;
+use crate::data::resize::is_trainable_side;
 use crate::error::{Error, Result};
 use crate::evaluation::Tta;
-use crate::model::ModelConfig;
+use crate::model::{Arch, ModelConfig};
 pub use crate::ops::amx::MatmulPrecision;
 
 /// Presets shipped with fmnist, by name.
@@ -75,6 +76,11 @@ pub struct DataConfig {
     /// Test-time augmentation applies to the final score, `fmnist eval` and `fmnist predict`; the
     /// per-epoch validation scores single views, as Keras's `fit` does, so that epochs stay fast.
     pub tta_shift: usize,
+    /// Progressive resizing: the image side of each of the first epochs, which train on images
+    /// downscaled to it (area averaging; 8-24, a multiple of 4); the epochs after the list train
+    /// at 28x28, the size the model is evaluated at. Empty for none; `resnet` only (its global
+    /// pooling takes any size).
+    pub progressive: Vec<usize>,
 }
 
 impl Default for DataConfig {
@@ -89,6 +95,7 @@ impl Default for DataConfig {
             cutmix: 0.0,
             tta_flip: false,
             tta_shift: 0,
+            progressive: Vec::new(),
         }
     }
 }
@@ -112,7 +119,14 @@ impl DataConfig {
                 mixup: self.mixup,
                 cutmix: self.cutmix,
             },
+            resize: None,
         }
+    }
+
+    /// The side that epoch `epoch` (0-based) trains at under progressive resizing; `None` for
+    /// 28x28.
+    pub fn side_at(&self, epoch: usize) -> Option<usize> {
+        self.progressive.get(epoch).copied()
     }
 }
 
@@ -303,11 +317,49 @@ impl TrainConfig {
                 self.early_stopping.min_delta
             )));
         }
+        self.check_progressive()?;
         self.model.validate()?;
         self.optimizer.validate()?;
         self.lookahead.validate()?;
         self.distill.validate()?;
         self.schedule.validate()
+    }
+
+    /// Checks `data.progressive`: sides the network can pool, a last epoch at 28x28, and a model
+    /// (and no teacher) that takes other sizes.
+    fn check_progressive(&self) -> Result<()> {
+        let sides = &self.data.progressive;
+        if sides.is_empty() {
+            return Ok(());
+        }
+        let bad = |why: String| {
+            Err(Error::Config(format!(
+                "data.progressive = {sides:?}: {why}"
+            )))
+        };
+        if let Some(side) = sides.iter().find(|&&side| !is_trainable_side(side)) {
+            return bad(format!(
+                "side {side}: sides are 8, 12, 16, 20 or 24 (28 is the rest)"
+            ));
+        }
+        if sides.len() >= self.epochs {
+            return bad(format!(
+                "{} epochs resized of {}: leave at least the last epoch at 28x28",
+                sides.len(),
+                self.epochs
+            ));
+        }
+        if self.model.arch != Arch::Resnet {
+            return bad(
+                "only model.arch = \"resnet\" takes other image sizes (global average pooling); \
+                 the other models have dense layers sized for 28x28"
+                    .into(),
+            );
+        }
+        if self.distill.enabled() {
+            return bad("not with [distill]: the teacher scores 28x28 images".into());
+        }
+        Ok(())
     }
 
     /// The configuration as TOML.

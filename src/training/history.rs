@@ -30,6 +30,10 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Seconds spent evaluating on the validation data.
     pub eval_seconds: f64,
+    /// The side of the images the epoch trained on, when progressive resizing made it less
+    /// than 28.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_side: Option<usize>,
 }
 
 impl EpochRecord {
@@ -64,7 +68,8 @@ pub fn steady_median(values: Vec<f64>) -> f64 {
     }
 }
 
-const CSV_HEADER: &str = "epoch,lr,lr_last,loss,acc,val_loss,val_acc,seconds,eval_seconds";
+const CSV_HEADER: &str =
+    "epoch,lr,lr_last,loss,acc,val_loss,val_acc,seconds,eval_seconds,image_side";
 
 impl History {
     /// The epoch with the lowest validation loss (the first one on ties).
@@ -92,7 +97,7 @@ impl History {
         out.push('\n');
         for r in &self.epochs {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{:.6},{:.6}\n",
+                "{},{},{},{},{},{},{},{:.6},{:.6},{}\n",
                 r.epoch,
                 r.lr,
                 r.last_lr(),
@@ -101,7 +106,8 @@ impl History {
                 r.val_loss,
                 r.val_acc,
                 r.seconds,
-                r.eval_seconds
+                r.eval_seconds,
+                r.image_side.unwrap_or(crate::data::SIDE)
             ));
         }
         out
@@ -139,6 +145,7 @@ mod tests {
             val_acc: 0.5,
             seconds,
             eval_seconds: 0.01,
+            image_side: None,
         }
     }
 

@@ -36,8 +36,12 @@ pub fn epoch_line(r: &EpochRecord, epochs: usize) -> String {
     } else {
         format!("{:.6} -> {:.6}", r.lr, r.last_lr())
     };
+    let images = match r.image_side {
+        Some(side) => format!(" - images: {side}x{side}"),
+        None => String::new(),
+    };
     format!(
-        "Epoch {}/{} - {:.2}s - loss: {:.4} - acc: {:.4} - val_loss: {:.4} - val_acc: {:.4} - lr: {lr}",
+        "Epoch {}/{} - {:.2}s - loss: {:.4} - acc: {:.4} - val_loss: {:.4} - val_acc: {:.4} - lr: {lr}{images}",
         r.epoch, epochs, r.seconds, r.loss, r.acc, r.val_loss, r.val_acc
     )
 }

@@ -8,7 +8,7 @@ use toml::{Table, Value};
 /// (`--weight-decay`); a study file may write the short name or the full key. `model`,
 /// `optimizer` and `schedule` are short names only when given a string (`[model]` is the
 /// table); `arch` is the study files' older name for `model`.
-pub const SHORT_NAMES: [(&str, &str); 25] = [
+pub const SHORT_NAMES: [(&str, &str); 26] = [
     ("model", "model.arch"),
     ("arch", "model.arch"),
     ("hidden", "model.hidden"),
@@ -30,6 +30,7 @@ pub const SHORT_NAMES: [(&str, &str); 25] = [
     ("translate", "data.translate"),
     ("mixup", "data.mixup"),
     ("cutmix", "data.cutmix"),
+    ("progressive", "data.progressive"),
     ("patience", "early_stopping.patience"),
     ("min_delta", "early_stopping.min_delta"),
     ("restore_best", "early_stopping.restore_best"),

@@ -456,7 +456,11 @@ impl<'a> Trainer<'a> {
         next: Option<&[usize]>,
     ) -> Result<Learner> {
         let (config, epoch) = (self.config, position.epoch);
-        let (train_device, augmentation) = (&self.train_device, self.augmentation);
+        let train_device = &self.train_device;
+        let augmentation = Augmentation {
+            resize: config.data.side_at(epoch),
+            ..self.augmentation
+        };
         train_device.seed(derive_seed(config.seed, epoch, b, STREAM_DEVICE));
         let batch = if augmentation.is_identity() {
             // The next batch is filled while this one trains.
@@ -546,6 +550,7 @@ impl<'a> Trainer<'a> {
             val_acc: scores.accuracy,
             seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
+            image_side: config.data.side_at(epoch),
         };
         let improved = position
             .history

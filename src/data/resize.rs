@@ -38,21 +38,24 @@ pub fn downscale(images: &[f32], from: usize, to: usize) -> Vec<f32> {
     let mut out = vec![0f32; images.len() / (from * from) * to * to];
     out.par_chunks_mut(to * to)
         .zip(images.par_chunks(from * from))
-        .for_each(|(out, image)| {
-            // Columns first: `narrow[r][j] = Σ_c X[r][c] W[j][c]`, `[from, to]`.
-            let mut narrow = vec![0f32; from * to];
-            for (source, row) in image.chunks(from).zip(narrow.chunks_mut(to)) {
-                for (n, w) in row.iter_mut().zip(weights.chunks(from)) {
-                    *n = source.iter().zip(w).map(|(x, w)| x * w).sum();
+        .for_each_init(
+            || vec![0f32; from * to],
+            |narrow, (out, image)| {
+                // Columns first: `narrow[r][j] = Σ_c X[r][c] W[j][c]`, `[from, to]`, in a buffer
+                // made once per worker.
+                for (source, row) in image.chunks(from).zip(narrow.chunks_mut(to)) {
+                    for (n, w) in row.iter_mut().zip(weights.chunks(from)) {
+                        *n = source.iter().zip(w).map(|(x, w)| x * w).sum();
+                    }
                 }
-            }
-            // Then rows: `out[i][j] = Σ_r W[i][r] narrow[r][j]`.
-            for (row, w) in out.chunks_mut(to).zip(weights.chunks(from)) {
-                for (j, o) in row.iter_mut().enumerate() {
-                    *o = w.iter().zip(narrow.chunks(to)).map(|(w, n)| w * n[j]).sum();
+                // Then rows: `out[i][j] = Σ_r W[i][r] narrow[r][j]`.
+                for (row, w) in out.chunks_mut(to).zip(weights.chunks(from)) {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = w.iter().zip(narrow.chunks(to)).map(|(w, n)| w * n[j]).sum();
+                    }
                 }
-            }
-        });
+            },
+        );
     out
 }
 

@@ -22,7 +22,6 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) ->
         s.batch * s.in_image(),
         "conv2d: input of another size"
     );
-    let x = bfloat16(x);
     let (ow, wide) = (s.out_width(), tiles.wide);
     let fill = |out: &mut [MaybeUninit<f32>]| {
         out.par_chunks_mut(s.out_image())
@@ -32,7 +31,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], weight: &[f32], bias: &[f32]) ->
                 |scratch, (out_i, x_i)| {
                     tiles.image(s, x_i, bias, scratch);
                     for (o, plane) in out_i.chunks_mut(pixels).enumerate() {
-                        let conv = &scratch.2[o * tiles.pixels..];
+                        let conv = &scratch.out[o * tiles.pixels..];
                         for (row, src) in plane.chunks_mut(ow).zip(conv.chunks(wide)) {
                             row.write_copy_of_slice(&src[..ow]);
                         }
@@ -55,11 +54,11 @@ pub(super) fn forward_pooled(
     let tiles = TileForward::new(s, weight);
     each_pooled_image(
         s,
-        &bfloat16(x),
+        x,
         || tiles.scratch(s),
         |scratch, x_i, out_i, arg_i| {
             tiles.image(s, x_i, bias, scratch);
-            pool_image(s, &scratch.2, (tiles.pixels, tiles.wide), out_i, arg_i);
+            pool_image(s, &scratch.out, (tiles.pixels, tiles.wide), out_i, arg_i);
         },
     )
 }
@@ -122,24 +121,28 @@ pub(super) fn backward_pooled(
     })
 }
 
-/// `x` rounded to bfloat16, in parallel.
-fn bfloat16(x: &[f32]) -> Vec<u16> {
-    let fill = |out: &mut [MaybeUninit<u16>]| {
-        out.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(o, x)| {
-                amx::vectorised! {
-                    o.iter_mut().zip(x).for_each(|(o, &v)| {
-                        o.write(amx::to_bf16(v));
-                    })
-                }
-            })
-    };
-    // SAFETY: the chunks of `out` and `x` match one for one (equal lengths); each value is written.
-    unsafe { written(x.len(), fill) }
+/// One image rounded to bfloat16, per thread: made just before its patches are taken, so that it
+/// is read from the cache rather than written to memory and read back as a whole batch would be.
+#[derive(Default)]
+struct Rounded(Vec<u16>);
+
+impl Rounded {
+    /// `x` rounded to bfloat16.
+    fn of(&mut self, x: &[f32]) -> &[u16] {
+        self.0.resize(x.len(), 0);
+        amx::convert_rows(x, 1, x.len(), x.len(), &mut self.0, x.len());
+        &self.0
+    }
 }
 
-type TileForwardScratch = (Patches<u16>, Aligned<u32>, Aligned<f32>);
+/// One thread's buffers for [`TileForward::image`].
+struct TileForwardScratch {
+    image: Rounded,
+    patches: Patches<u16>,
+    /// The pair-interleaved patches.
+    tiles: Aligned<u32>,
+    out: Aligned<f32>,
+}
 
 /// The forward product in bfloat16 tiles: the weights `[out × patch]` as tile rows (padded to
 /// 16 × 32), and per-thread buffers for one image's patches (pair-interleaved) and output.
@@ -183,26 +186,27 @@ impl TileForward {
         }
     }
 
-    /// Per-thread scratch: `(padded image, interleaved patches, output)`. The patches' padding
-    /// (rows past the patch, columns past the last output row) stays zero.
+    /// Per-thread scratch. The patches' padding (rows past the patch, columns past the last
+    /// output row) stays zero.
     fn scratch(&self, s: &ConvShape) -> TileForwardScratch {
-        (
-            Patches::new(s),
-            Aligned::zeroed(self.patch / 2 * self.pixels),
-            Aligned::zeroed(self.out_channels * self.pixels),
-        )
+        TileForwardScratch {
+            image: Rounded::default(),
+            patches: Patches::new(s),
+            tiles: Aligned::zeroed(self.patch / 2 * self.pixels),
+            out: Aligned::zeroed(self.out_channels * self.pixels),
+        }
     }
 
-    /// One image's convolution into `out` (channel rows [`Self::pixels`] apart, image rows
-    /// [`Self::wide`] apart).
-    fn image(
-        &self,
-        s: &ConvShape,
-        x_i: &[u16],
-        bias: &[f32],
-        (patches, tiles, out): &mut TileForwardScratch,
-    ) {
-        patches.pad(s, x_i);
+    /// One image's convolution into `scratch.out` (channel rows [`Self::pixels`] apart, image
+    /// rows [`Self::wide`] apart).
+    fn image(&self, s: &ConvShape, x_i: &[f32], bias: &[f32], scratch: &mut TileForwardScratch) {
+        let TileForwardScratch {
+            image,
+            patches,
+            tiles,
+            out,
+        } = scratch;
+        patches.pad(s, image.of(x_i));
         self.interleave_taps(s, &patches.padded, tiles);
         amx::gemm(
             self.out_channels,
@@ -270,6 +274,7 @@ const DX_CHANNELS: usize = 32;
 /// One task's buffers for [`TileBackward`]; a filler writes each image's output gradient into
 /// `dconv_t` (and `pairs`, when the input gradient is wanted).
 struct TileScratch {
+    image: Rounded,
     patches: Patches<u16>,
     cols: Aligned<u16>,
     /// `dconvᵀ`, pairs along the pixels, rows `dconv_t_stride` apart.
@@ -312,6 +317,7 @@ impl TileBackward {
 
     fn scratch(&self, s: &ConvShape, need_dx: bool) -> TileScratch {
         TileScratch {
+            image: Rounded::default(),
             patches: Patches::new(s),
             cols: Aligned::zeroed(self.patch * self.pixels_k),
             dconv_t: Aligned::zeroed(self.pixels_k / 2 * self.out_channels),
@@ -332,7 +338,6 @@ impl TileBackward {
         fill: impl Fn(usize, &mut TileScratch, &mut [f32]) + Sync,
     ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
         let (patch, o) = (s.patch(), s.out_channels);
-        let x = bfloat16(x);
         per_task(
             s,
             need_dx,
@@ -343,6 +348,7 @@ impl TileBackward {
                 for i in images.clone() {
                     fill(i, &mut b, &mut db);
                     let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
+                    let x_i = b.image.of(x_i);
                     b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
                     amx::gemm(
                         self.patch,

@@ -34,8 +34,9 @@ pub(super) enum Precision {
 /// Whether the convolution is computed here at `precision`: 3x3 kernels over enough input
 /// channels that the 16 products are not too thin (with 32, W3's second convolution, they ran no
 /// faster than im2col in `f32`), images at most 30 pixels wide, AVX-512; in bfloat16 only on
-/// `vdpbf16ps` (where it was measured faster than im2col; the AMX tiles keep im2col) and for
-/// channel counts that are multiples of 32. `FMNIST_NO_WINOGRAD` set turns it off.
+/// `vdpbf16ps` (where it was measured faster than im2col; on the AMX tiles it made a ResNet step
+/// 40-60% slower, so they keep im2col) and for channel counts that are multiples of 32.
+/// `FMNIST_NO_WINOGRAD` set turns it off.
 pub(super) fn supports(s: &ConvShape, precision: Precision) -> bool {
     let bf16_fits = || {
         bf16::fits(s) && crate::ops::amx::kernel() == Some(crate::ops::amx::Bf16Kernel::DotProduct)

@@ -6,6 +6,7 @@
 //! 3x3 convolutions of 64 or more input channels run by Winograd's F(2x2, 3x3) (`winograd`), in
 //! `f32`, and in bfloat16 on `vdpbf16ps` ([`path`] chooses).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -22,6 +23,7 @@ use super::add_partials;
 #[cfg(target_arch = "x86_64")]
 use super::lanes;
 use super::matmul::matmul;
+use super::written;
 
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +154,7 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
 /// Each channel's taps are summed, in tap order, into a zero-padded plane with straight adds (no
 /// bounds to clip), whose interior is then copied out; in AVX-512 as a gather with the same sums
 /// ([`gather`]) where the CPU has it.
-fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
+fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if lanes::available() {
         // SAFETY: the CPU has AVX-512 F.
@@ -162,7 +164,7 @@ fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
 }
 
 /// [`col2im`] on any CPU.
-fn col2im_scatter(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
+fn col2im_scatter(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [MaybeUninit<f32>]) {
     let (k, p) = (s.kernel, s.padding);
     let (oh, ow) = (s.out_height(), s.out_width());
     let (ph, pw) = (s.height + 2 * p, s.width + 2 * p);
@@ -182,7 +184,7 @@ fn col2im_scatter(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
             .chunks_exact_mut(s.width)
             .zip(padded[p * pw..].chunks(pw))
         {
-            copy_short(dst, &src[p..p + s.width]);
+            dst.write_copy_of_slice(&src[p..p + s.width]);
         }
     }
 }
@@ -508,27 +510,36 @@ fn backward_with(
 }
 
 /// Splits the batch into one task per worker thread: `task(images, dx_chunk)` handles a range of
-/// images, writes their input gradients into `dx_chunk` (when `need_dx`; the range's images
-/// from its start) and returns its partial `(dweight, dbias)` (`dw_len` and `out_channels` values),
-/// summed here in task order.
+/// images, writes every input-gradient value of its images into `dx_chunk` (when `need_dx`; the
+/// range's images from its start; the memory is not cleared first) and returns its partial
+/// `(dweight, dbias)` (`dw_len` and `out_channels` values), summed here in task order.
 fn per_task(
     s: &ConvShape,
     need_dx: bool,
     dw_len: usize,
-    task: impl Fn(Range<usize>, Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) + Sync,
+    task: impl Fn(Range<usize>, Option<&mut [MaybeUninit<f32>]>) -> (Vec<f32>, Vec<f32>) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let tasks = rayon::current_num_threads().max(1).min(s.batch.max(1));
     let per_task = s.batch.div_ceil(tasks);
-    let mut dx = need_dx.then(|| vec![0f32; s.batch * s.in_image()]);
-    let dx_chunks: Vec<Option<&mut [f32]>> = match &mut dx {
-        Some(dx) => dx.chunks_mut(per_task * s.in_image()).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
+    let run = |dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>>| -> Vec<(Vec<f32>, Vec<f32>)> {
+        dx_chunks
+            .into_par_iter()
+            .enumerate()
+            .map(|(t, dx_chunk)| task(t * per_task..((t + 1) * per_task).min(s.batch), dx_chunk))
+            .collect()
     };
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
-        .into_par_iter()
-        .enumerate()
-        .map(|(t, dx_chunk)| task(t * per_task..((t + 1) * per_task).min(s.batch), dx_chunk))
-        .collect();
+    let (partials, dx) = if need_dx {
+        let mut partials = Vec::new();
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            partials = run(dx.chunks_mut(per_task * s.in_image()).map(Some).collect());
+        };
+        // SAFETY: the chunks cover `dx`, each a task's images, and each task writes every value of
+        // its images (the contract above).
+        let dx = unsafe { written(s.batch * s.in_image(), fill) };
+        (partials, Some(dx))
+    } else {
+        (run((0..tasks).map(|_| None).collect()), None)
+    };
     let (dw, db): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
     (
         add_partials(dw, dw_len),

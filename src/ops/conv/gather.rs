@@ -8,6 +8,7 @@
 //! sum (a sum that starts at `+0.0` is never `-0.0`).
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::ConvShape;
 
@@ -17,7 +18,7 @@ const ROWS: usize = 4;
 
 /// `dx` from `cols` (rows `stride` apart), as [`super::col2im`].
 #[target_feature(enable = "avx512f")]
-pub(super) fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32]) {
+pub(super) fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [MaybeUninit<f32>]) {
     let (k, p) = (s.kernel, s.padding);
     let (oh, ow) = (s.out_height(), s.out_width());
     let (h, w) = (s.height, s.width);
@@ -80,7 +81,7 @@ pub(super) fn col2im(s: &ConvShape, cols: &[f32], stride: usize, dx: &mut [f32])
                 let mask = (u32::MAX >> (32 - lanes)) as u16;
                 for (row, sum) in plane[y0 * w..].chunks_exact_mut(w).zip(sums) {
                     // SAFETY: the `lanes` values from `x0` lie inside this row of `dx`.
-                    unsafe { _mm512_mask_storeu_ps(row[*x0..].as_mut_ptr(), mask, sum) };
+                    unsafe { _mm512_mask_storeu_ps(row[*x0..].as_mut_ptr().cast(), mask, sum) };
                 }
             }
         }
@@ -120,12 +121,17 @@ mod tests {
                 cols[1] = -0.0;
                 cols[stride + 2] = f32::NAN;
                 cols[2 * stride] = -0.0;
-                let mut want = vec![1f32; s.in_image()];
-                let mut got = vec![2f32; s.in_image()];
+                let mut want = vec![MaybeUninit::new(1f32); s.in_image()];
+                let mut got = vec![MaybeUninit::new(2f32); s.in_image()];
                 super::super::col2im_scatter(&s, &cols, stride, &mut want);
                 // SAFETY: `lanes::available` said the CPU has AVX-512 F.
                 unsafe { col2im(&s, &cols, stride, &mut got) };
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                // SAFETY: initialised above (and written over by both).
+                let bits = |v: &[MaybeUninit<f32>]| {
+                    v.iter()
+                        .map(|x| unsafe { x.assume_init() }.to_bits())
+                        .collect::<Vec<_>>()
+                };
                 assert_eq!(bits(&got), bits(&want), "{s:?}");
             }
         }

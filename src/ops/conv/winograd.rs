@@ -706,7 +706,7 @@ unsafe fn transform_input_gradient(
     dv: &[f32],
     stride: usize,
     plane: &mut [f32],
-    dx: &mut [f32],
+    dx: &mut [std::mem::MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
     let (th, tw) = tiles(s);
@@ -774,7 +774,7 @@ unsafe fn transform_input_gradient(
                 }
             }
             for (y, row) in dst.chunks_exact_mut(s.width).enumerate() {
-                row.copy_from_slice(&plane[(y + p) * pw + p..][..s.width]);
+                row.write_copy_of_slice(&plane[(y + p) * pw + p..][..s.width]);
             }
         }
     }

@@ -347,8 +347,7 @@ impl TileBackward {
                 let mut db = vec![0f32; o];
                 for i in images.clone() {
                     fill(i, &mut b, &mut db);
-                    let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
-                    let x_i = b.image.of(x_i);
+                    let x_i = b.image.of(&x[i * s.in_image()..(i + 1) * s.in_image()]);
                     b.patches.im2col(s, x_i, &mut b.cols, self.pixels_k);
                     amx::gemm(
                         self.patch,

@@ -124,11 +124,10 @@ fn untransform_weight_gradient(s: &ConvShape, du: &[f32], transposed: bool) -> V
 }
 
 /// A group's scratch: the zero-padded planes of two channels (whose borders the input transforms
-/// never write) and the plane that gathers its gradient, the transformed tiles and the output
-/// transform's sums, and the bfloat16 operands.
+/// never write), the transformed tiles and the output transform's sums, and the bfloat16
+/// operands.
 struct Scratch {
     plane: Vec<f32>,
-    gradient_plane: Vec<f32>,
     sums: Vec<f32>,
     /// `V[k][c][t]`: `16 × in × tiles` (rows of [`Products::stride`] tiles).
     v: Vec<f32>,
@@ -145,7 +144,6 @@ impl Scratch {
         let stride = products.stride(t);
         Scratch {
             plane: vec![0f32; 2 * (2 * th + 2) * (2 * tw + 2)],
-            gradient_plane: vec![0f32; (2 * th + 2) * (2 * tw + 2)],
             sums: vec![0f32; 8 * th * tw],
             v: vec![0f32; POS * s.in_channels * stride],
             m: vec![0f32; POS * s.out_channels * stride],
@@ -770,7 +768,11 @@ unsafe fn transform_output_gradient_bf16(
 }
 
 /// `dx = Σ_tiles B dV Bᵀ` for the images of a group (`in_image` values each), from `dv`
-/// (`[16 × in × tiles]`, rows of `stride` tiles), through a zero-padded plane per channel.
+/// (`[16 × in × tiles]`, rows of `stride` tiles). Each row of tiles adds into four rows of the
+/// zero-padded plane, the last two shared with the next row of tiles: those two are carried in
+/// registers to it, and each row, once complete, is written straight into `dx`, cropped by
+/// masks (no padded plane in memory). Every row is summed as `(0 + first) + second`, the order
+/// of a plane cleared and then added into.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F ([`supports`]).
@@ -779,20 +781,17 @@ unsafe fn transform_input_gradient(
     s: &ConvShape,
     dv: &[f32],
     stride: usize,
-    plane: &mut [f32],
     dx: &mut [std::mem::MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
     let (th, tw) = tiles(s);
-    let (c_n, hw, p, pw, n_t) = (
-        s.in_channels,
-        s.height * s.width,
-        s.padding,
-        2 * tw + 2,
-        th * tw,
+    let (c_n, h, w, p, n_t) = (s.in_channels, s.height, s.width, s.padding, th * tw);
+    assert!(p + w <= 32 && tw < 16);
+    // Lanes `p..p + w` of a padded row of 32 are the image row's values.
+    let (lo_mask, hi_mask) = (
+        mask((p + w).min(16)) & !mask(p),
+        mask((p + w).saturating_sub(16)),
     );
-    assert!(pw <= 32 && plane.len() >= (2 * th + 2) * pw);
-    let (lo_mask, hi_mask) = (mask(pw.min(16)), mask(pw.saturating_sub(16)));
     // Lanes 0-15 of the even values, then of the odd ones, interleaved into a row of 32.
     let interleave = |first: i32| {
         let at: [i32; 16] = std::array::from_fn(|l| {
@@ -814,9 +813,25 @@ unsafe fn transform_input_gradient(
             _mm512_sub_ps(_mm512_setzero_ps(), v[3]),
         ]
     };
-    for (i, image) in dx.chunks_exact_mut(c_n * hw).enumerate() {
-        for (c, dst) in image.chunks_exact_mut(hw).enumerate() {
-            plane.fill(0.0);
+    let zero = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let add = |a: (__m512, __m512), b: (__m512, __m512)| {
+        (_mm512_add_ps(a.0, b.0), _mm512_add_ps(a.1, b.1))
+    };
+    for (i, image) in dx.chunks_exact_mut(c_n * h * w).enumerate() {
+        for (c, dst) in image.chunks_exact_mut(h * w).enumerate() {
+            // Padded row `r` is image row `r - p`, if there is one: its lanes `p..p + w`.
+            let mut write = |r: usize, (lo, hi): (__m512, __m512)| {
+                let Some(y) = r.checked_sub(p).filter(|&y| y < h) else {
+                    return;
+                };
+                let at = dst[y * w..][..w].as_mut_ptr().cast::<f32>().wrapping_sub(p);
+                // SAFETY: the lanes the masks keep write the row's `w` values, within `dst`.
+                unsafe {
+                    _mm512_mask_storeu_ps(at, lo_mask, lo);
+                    _mm512_mask_storeu_ps(at.wrapping_add(16), hi_mask, hi);
+                }
+            };
+            let mut carried = [zero, zero];
             for ty in 0..th {
                 let first = i * n_t + ty * tw;
                 let load = |k: usize| {
@@ -835,21 +850,19 @@ unsafe fn transform_input_gradient(
                     let shifted = |v: __m512| _mm512_maskz_permutexvar_ps(0xfffe, up, v);
                     let e = _mm512_add_ps(d[0], shifted(d[2]));
                     let o = _mm512_add_ps(d[1], shifted(d[3]));
-                    let lo = _mm512_permutex2var_ps(e, low_half, o);
-                    let hi = _mm512_permutex2var_ps(e, high_half, o);
-                    let at = plane[(2 * ty + r) * pw..][..pw].as_mut_ptr();
-                    // SAFETY: masked loads and stores of the row's `pw` values.
-                    unsafe {
-                        let sum_lo = _mm512_add_ps(_mm512_maskz_loadu_ps(lo_mask, at), lo);
-                        let sum_hi = _mm512_add_ps(_mm512_maskz_loadu_ps(hi_mask, at.add(16)), hi);
-                        _mm512_mask_storeu_ps(at, lo_mask, sum_lo);
-                        _mm512_mask_storeu_ps(at.add(16), hi_mask, sum_hi);
+                    let row = (
+                        _mm512_permutex2var_ps(e, low_half, o),
+                        _mm512_permutex2var_ps(e, high_half, o),
+                    );
+                    if r < 2 {
+                        write(2 * ty + r, add(carried[r], row));
+                    } else {
+                        carried[r - 2] = add(zero, row);
                     }
                 }
             }
-            for (y, row) in dst.chunks_exact_mut(s.width).enumerate() {
-                row.write_copy_of_slice(&plane[(y + p) * pw + p..][..s.width]);
-            }
+            write(2 * th, carried[0]);
+            write(2 * th + 1, carried[1]);
         }
     }
 }
@@ -902,9 +915,7 @@ pub(super) fn backward_with(
             let local = (first - images.start) * s.in_image();
             let dx_g = &mut dx_chunk[local..local + count * s.in_image()];
             // SAFETY: as above.
-            unsafe {
-                transform_input_gradient(s, &scratch.v, stride, &mut scratch.gradient_plane, dx_g)
-            };
+            unsafe { transform_input_gradient(s, &scratch.v, stride, dx_g) };
         }
         (du, db)
     });

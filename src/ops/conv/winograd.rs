@@ -274,24 +274,45 @@ unsafe fn transform_input(
     stride: usize,
 ) {
     use std::arch::x86_64::_mm512_mask_storeu_ps;
+    let (tw, c_n) = (tiles(s).1, s.in_channels);
+    let store = |c: usize, first: usize, values: [_; POS]| {
+        for (k, value) in values.into_iter().enumerate() {
+            let at = (k * c_n + c) * stride + first;
+            assert!(at + tw <= v.len());
+            // SAFETY: `tw` values from `at`, within `v` (checked above).
+            unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
+        }
+    };
+    // SAFETY: the CPU has AVX-512 F (this function's contract).
+    unsafe { for_each_tile_row(s, x, plane, store) }
+}
+
+/// `store(c, first, values)` for every row of tiles of the images `x` (a group, `in_image`
+/// values each): channel `c`'s `V = Bᵀ d B` of the row whose first tile is tile `first` of the
+/// group, position `k`'s values of its `tw` tiles in `values[k]`, one tile per lane. Each channel
+/// is first copied into the zero-padded `plane` (whose border is never written).
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[inline(always)]
+unsafe fn for_each_tile_row(
+    s: &ConvShape,
+    x: &[f32],
+    plane: &mut [f32],
+    mut store: impl FnMut(usize, usize, [std::arch::x86_64::__m512; POS]),
+) {
     let (th, tw) = tiles(s);
     let (c_n, hw, p, pw) = (s.in_channels, s.height * s.width, s.padding, 2 * tw + 2);
     assert!(pw <= 32 && tw < 16 && plane.len() >= (2 * th + 2) * pw);
     for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
         for (c, src) in image.chunks_exact(hw).enumerate() {
-            // The interior of the zero-padded plane (its border is never written).
             for (y, row) in src.chunks_exact(s.width).enumerate() {
                 plane[(y + p) * pw + p..][..s.width].copy_from_slice(row);
             }
             for ty in 0..th {
-                let first = i * th * tw + ty * tw;
-                let values = transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw);
-                for (k, value) in values.into_iter().enumerate() {
-                    let at = (k * c_n + c) * stride + first;
-                    assert!(at + tw <= v.len());
-                    // SAFETY: `tw` values from `at`, within `v` (checked above).
-                    unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(at), mask(tw), value) };
-                }
+                // SAFETY: the CPU has AVX-512 F (the caller's contract).
+                let values = unsafe { transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw) };
+                store(c, i * th * tw + ty * tw, values);
             }
         }
     }
@@ -414,33 +435,19 @@ unsafe fn transform_input_rows(
     // SAFETY: a bfloat16 vector is 16 `u16` lanes.
     let bf16 =
         |v: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
-    let (th, tw) = tiles(s);
-    let (c_n, hw, p, pw) = (s.in_channels, s.height * s.width, s.padding, 2 * tw + 2);
-    assert!(pw <= 32 && tw < 16 && plane.len() >= (2 * th + 2) * pw);
-    for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
-        for (c, src) in image.chunks_exact(hw).enumerate() {
-            // The interior of the zero-padded plane (its border is never written).
-            for (y, row) in src.chunks_exact(s.width).enumerate() {
-                plane[(y + p) * pw + p..][..s.width].copy_from_slice(row);
-            }
-            for ty in 0..th {
-                let first = i * th * tw + ty * tw;
-                let values = transform_tile_row(&plane[2 * ty * pw..][..4 * pw], pw);
-                for (k, value) in values.into_iter().enumerate() {
-                    let at = (k * c_n + c) * stride + first;
-                    assert!(at + tw <= rows.len());
-                    // SAFETY: `tw` values from `at`, within `rows` (checked above).
-                    unsafe {
-                        _mm256_mask_storeu_epi16(
-                            rows.as_mut_ptr().add(at).cast(),
-                            mask(tw),
-                            bf16(value),
-                        )
-                    };
-                }
-            }
+    let (tw, c_n) = (tiles(s).1, s.in_channels);
+    let store = |c: usize, first: usize, values: [__m512; POS]| {
+        for (k, value) in values.into_iter().enumerate() {
+            let at = (k * c_n + c) * stride + first;
+            assert!(at + tw <= rows.len());
+            // SAFETY: `tw` values from `at`, within `rows` (checked above).
+            unsafe {
+                _mm256_mask_storeu_epi16(rows.as_mut_ptr().add(at).cast(), mask(tw), bf16(value))
+            };
         }
-    }
+    };
+    // SAFETY: the CPU has AVX-512 F (this function's contract).
+    unsafe { for_each_tile_row(s, x, plane, store) }
 }
 
 /// `out = Aᵀ M A` (plus `bias`) for images of the group whose tiles `m` holds (rows of `stride`

@@ -379,12 +379,7 @@ unsafe fn transform_input_pairs(
     let size = (2 * th + 2) * pw;
     assert!(pw <= 32 && tw < 16 && planes.len() >= 2 * size && c_n.is_multiple_of(2));
     let (even_plane, odd_plane) = planes.split_at_mut(size);
-    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
-    let bf16_lanes = |v: __m512| {
-        _mm512_cvtepu16_epi32(unsafe {
-            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
-        })
-    };
+    let bf16_lanes = |v: __m512| _mm512_cvtepu16_epi32(to_bf16(v));
     for (i, image) in x.chunks_exact(c_n * hw).enumerate() {
         for (q, two) in image.chunks_exact(2 * hw).enumerate() {
             for (plane, src) in [&mut *even_plane, &mut *odd_plane]
@@ -432,9 +427,6 @@ unsafe fn transform_input_rows(
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
-    let bf16 =
-        |v: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
     let (tw, c_n) = (tiles(s).1, s.in_channels);
     let store = |c: usize, first: usize, values: [__m512; POS]| {
         for (k, value) in values.into_iter().enumerate() {
@@ -442,7 +434,7 @@ unsafe fn transform_input_rows(
             assert!(at + tw <= rows.len());
             // SAFETY: `tw` values from `at`, within `rows` (checked above).
             unsafe {
-                _mm256_mask_storeu_epi16(rows.as_mut_ptr().add(at).cast(), mask(tw), bf16(value))
+                _mm256_mask_storeu_epi16(rows.as_mut_ptr().add(at).cast(), mask(tw), to_bf16(value))
             };
         }
     };
@@ -734,9 +726,6 @@ unsafe fn transform_output_gradient_bf16(
     let (th, tw) = tiles(s);
     let (o_n, n_t) = (s.out_channels, th * tw);
     assert!(tw < 16 && o_n.is_multiple_of(2));
-    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
-    let bf16 =
-        |v: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
     for (i, image) in dy.chunks_exact(s.out_image()).enumerate() {
         for (q, two) in image.chunks_exact(2 * s.out_pixels()).enumerate() {
             let (even_plane, odd_plane) = two.split_at(s.out_pixels());
@@ -745,7 +734,7 @@ unsafe fn transform_output_gradient_bf16(
                 let even = output_gradient_tile_row(s, even_plane, ty);
                 let odd = output_gradient_tile_row(s, odd_plane, ty);
                 for k in 0..POS {
-                    let (e, d) = (bf16(even[k]), bf16(odd[k]));
+                    let (e, d) = (to_bf16(even[k]), to_bf16(odd[k]));
                     for (o, half) in [(2 * q, e), (2 * q + 1, d)] {
                         let at = (k * o_n + o) * rows_stride + first;
                         assert!(at + tw <= rows.len());
@@ -872,6 +861,14 @@ unsafe fn transform_input_gradient(
             write(2 * th + 1, carried[1]);
         }
     }
+}
+
+/// Each lane of `v` rounded to bfloat16 (`vcvtneps2bf16`), as 16 `u16` lanes.
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn to_bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: a bfloat16 vector is 16 `u16` lanes.
+    unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) }
 }
 
 /// The permutation that picks lanes `first, first + 2, ...` of a pair of vectors (32 values).

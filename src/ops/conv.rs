@@ -425,7 +425,7 @@ pub fn backward_pooled(
                 &arg[at],
                 s.out_height(),
                 s.out_width(),
-                &mut dconv[c * pixels..(c + 1) * pixels],
+                super::as_uninit(&mut dconv[c * pixels..(c + 1) * pixels]),
             );
         }
     })

@@ -116,6 +116,13 @@ fn add_partials(partials: impl IntoIterator<Item = Vec<f32>>, len: usize) -> Vec
     total
 }
 
+/// `values` as memory to write (every `f32` is a valid value, so what is written stays one).
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the slice is only written with
+    // initialised values through it.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 /// A vector of `len` values that `fill` writes in place, without zeroing the memory first (a
 /// `memset` of every activation map and gradient cost 9% of a ResNet training step).
 ///

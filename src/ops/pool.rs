@@ -1,6 +1,8 @@
 //! 2x2 max pooling with stride 2 (odd sizes round down, as Keras's and PyTorch's default), with
 //! the position of each maximum kept for the backward pass.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Pools one `height × width` plane (rows `stride` apart) into `out` (`height/2 × width/2`),
@@ -50,10 +52,20 @@ fn pool_plane_with(
     }
 }
 
-/// Routes one plane's output gradient to the maxima; writes every element of `dx`.
-pub fn unpool_plane(dy: &[f32], arg: &[u8], height: usize, width: usize, dx: &mut [f32]) {
+/// Routes one plane's output gradient to the maxima; writes every element of `dx` (zero where no
+/// maximum was, so that `dx` needs no clearing first).
+pub fn unpool_plane(
+    dy: &[f32],
+    arg: &[u8],
+    height: usize,
+    width: usize,
+    dx: &mut [MaybeUninit<f32>],
+) {
     let (oh, ow) = (height / 2, width / 2);
-    dx.fill(0.0);
+    let dx = &mut dx[..height * width];
+    dx.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written.
+    let dx = unsafe { &mut *(dx as *mut [MaybeUninit<f32>] as *mut [f32]) };
     for oy in 0..oh {
         for ox in 0..ow {
             let k = arg[oy * ow + ox] as usize;
@@ -77,9 +89,48 @@ pub fn forward(x: &[f32], planes: usize, height: usize, width: usize) -> (Vec<f3
 /// Backward: routes each output gradient to the input that was the maximum.
 pub fn backward(dy: &[f32], arg: &[u8], planes: usize, height: usize, width: usize) -> Vec<f32> {
     let (oh, ow) = (height / 2, width / 2);
-    let mut dx = vec![0f32; planes * height * width];
-    dx.par_chunks_mut(height * width)
-        .zip(dy.par_chunks(oh * ow).zip(arg.par_chunks(oh * ow)))
-        .for_each(|(dx, (dy, arg))| unpool_plane(dy, arg, height, width, dx));
-    dx
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(height * width)
+            .zip(dy.par_chunks(oh * ow).zip(arg.par_chunks(oh * ow)))
+            .for_each(|(dx, (dy, arg))| unpool_plane(dy, arg, height, width, dx))
+    };
+    // SAFETY: the chunks cover `dx`, and `unpool_plane` writes every value of its plane.
+    unsafe { super::written(planes * height * width, fill) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On odd sizes, every input gets the gradient of the output whose maximum it was, or zero
+    /// (the cropped last row and column included), whatever the memory held before.
+    #[test]
+    fn backward_routes_each_gradient_to_its_maximum() {
+        let (planes, height, width) = (3, 5, 7);
+        let x: Vec<f32> = (0..planes * height * width)
+            .map(|i| ((i * 37) % 23) as f32)
+            .collect();
+        let (_, arg) = forward(&x, planes, height, width);
+        let (oh, ow) = (height / 2, width / 2);
+        let dy: Vec<f32> = (0..planes * oh * ow).map(|i| 1.0 + i as f32).collect();
+        // Leave garbage behind in the allocator for the uninitialised output to land on.
+        drop(vec![f32::NAN; planes * height * width]);
+        let dx = backward(&dy, &arg, planes, height, width);
+        let mut want = vec![0f32; planes * height * width];
+        for p in 0..planes {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let plane = &x[p * height * width..];
+                    let block = [(0, 0), (0, 1), (1, 0), (1, 1)];
+                    let at = |(dy, dx): (usize, usize)| (2 * oy + dy) * width + 2 * ox + dx;
+                    let top = block
+                        .into_iter()
+                        .reduce(|a, b| if plane[at(b)] > plane[at(a)] { b } else { a })
+                        .unwrap();
+                    want[p * height * width + at(top)] = dy[(p * oh + oy) * ow + ox];
+                }
+            }
+        }
+        assert_eq!(dx, want);
+    }
 }

@@ -12,12 +12,17 @@
 //! the bit. At the `medium` precision the products take bfloat16 operands ([`bf16`]).
 
 mod bf16;
+mod scratch;
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::direct::lanes_mask as mask;
 use super::{ConvShape, add_row_sums, per_task};
 use crate::ops::matmul::matmul;
+use crate::ops::{as_uninit, written};
+use scratch::Scratch;
 
 /// Positions of a transformed tile.
 const POS: usize = 16;
@@ -121,38 +126,6 @@ fn untransform_weight_gradient(s: &ConvShape, du: &[f32], transposed: bool) -> V
         }
     }
     dw
-}
-
-/// A group's scratch: the zero-padded planes of two channels (whose borders the input transforms
-/// never write), the transformed tiles and the output transform's sums, and the bfloat16
-/// operands.
-struct Scratch {
-    plane: Vec<f32>,
-    sums: Vec<f32>,
-    /// `V[k][c][t]`: `16 × in × tiles` (rows of [`Products::stride`] tiles).
-    v: Vec<f32>,
-    /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
-    m: Vec<f32>,
-    /// The bfloat16 products' operands (empty where the products are `f32`).
-    bf16: bf16::Operands,
-}
-
-impl Scratch {
-    fn new(s: &ConvShape, products: &Products) -> Self {
-        let (th, tw) = tiles(s);
-        let t = group_size(s) * th * tw;
-        let stride = products.stride(t);
-        Scratch {
-            plane: vec![0f32; 2 * (2 * th + 2) * (2 * tw + 2)],
-            sums: vec![0f32; 8 * th * tw],
-            v: vec![0f32; POS * s.in_channels * stride],
-            m: vec![0f32; POS * s.out_channels * stride],
-            bf16: match products {
-                Products::F32 { .. } => bf16::Operands::new(s, 0),
-                Products::Bf16 { .. } => bf16::Operands::new(s, t),
-            },
-        }
-    }
 }
 
 /// The transformed kernels, in the precision of the products.
@@ -450,7 +423,7 @@ fn transform_output(
     m: &[f32],
     stride: usize,
     bias: &[f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     sums: &mut [f32],
 ) {
     let (th, tw) = tiles(s);
@@ -479,9 +452,9 @@ fn transform_output(
                     let row = &mut plane[y * ow..][..ow];
                     for tx in 0..tw {
                         let t = ty * tw + tx;
-                        row[2 * tx] = r0[t] + r1[t] + r2[t] + bias[o];
+                        row[2 * tx].write(r0[t] + r1[t] + r2[t] + bias[o]);
                         if 2 * tx + 1 < ow {
-                            row[2 * tx + 1] = r1[t] - r2[t] - r3[t] + bias[o];
+                            row[2 * tx + 1].write(r1[t] - r2[t] - r3[t] + bias[o]);
                         }
                     }
                 }
@@ -558,7 +531,7 @@ fn forward_group(
     bias: &[f32],
     scratch: &mut Scratch,
     x_g: &[f32],
-    out_g: &mut [f32],
+    out_g: &mut [MaybeUninit<f32>],
 ) {
     let (th, tw) = tiles(s);
     let tiles = x_g.len() / s.in_image() * th * tw;
@@ -578,14 +551,16 @@ pub(super) fn forward(
 ) -> Vec<f32> {
     let products = Products::new(s, weight, precision);
     let group = group_size(s);
-    let mut out = vec![0f32; s.batch * s.out_image()];
-    out.par_chunks_mut(group * s.out_image())
-        .zip(x.par_chunks(group * s.in_image()))
-        .for_each_init(
-            || Scratch::new(s, &products),
-            |scratch, (out_g, x_g)| forward_group(s, &products, bias, scratch, x_g, out_g),
-        );
-    out
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(group * s.out_image())
+            .zip(x.par_chunks(group * s.in_image()))
+            .for_each_init(
+                || Scratch::lend(s, &products),
+                |scratch, (out_g, x_g)| forward_group(s, &products, bias, scratch, x_g, out_g),
+            )
+    };
+    // SAFETY: the chunks cover `out`, and `transform_output` writes every value of its images.
+    unsafe { written(s.batch * s.out_image(), fill) }
 }
 
 /// [`forward`] followed by 2x2 max pooling: `(pooled values, argmax codes)` as
@@ -606,23 +581,19 @@ pub(super) fn forward_pooled(
         .zip(arg.par_chunks_mut(group * per_image))
         .zip(x.par_chunks(group * s.in_image()))
         .for_each_init(
-            || {
-                (
-                    Scratch::new(s, &products),
-                    vec![0f32; group * s.out_image()],
-                )
-            },
-            |(scratch, conv), ((out_g, arg_g), x_g)| {
-                let images = x_g.len() / s.in_image();
-                let conv = &mut conv[..images * s.out_image()];
-                forward_group(s, &products, bias, scratch, x_g, conv);
-                for ((conv_i, out_i), arg_i) in conv
+            || Scratch::lend(s, &products),
+            |scratch, ((out_g, arg_g), x_g)| {
+                let mut conv = std::mem::take(&mut scratch.images);
+                let images = &mut conv[..x_g.len() / s.in_image() * s.out_image()];
+                forward_group(s, &products, bias, scratch, x_g, as_uninit(images));
+                for ((conv_i, out_i), arg_i) in images
                     .chunks_exact(s.out_image())
                     .zip(out_g.chunks_exact_mut(per_image))
                     .zip(arg_g.chunks_exact_mut(per_image))
                 {
                     super::pool_image(s, conv_i, (s.out_pixels(), s.out_width()), out_i, arg_i);
                 }
+                scratch.images = conv;
             },
         );
     (out, arg)
@@ -897,8 +868,8 @@ pub(super) fn backward_with(
     let (dw, db, dx) = per_task(s, need_dx, POS * o_n * c_n, |images, mut dx_chunk| {
         let mut du = vec![0f32; POS * o_n * c_n];
         let mut db = vec![0f32; o_n];
-        let mut scratch = Scratch::new(s, &products);
-        let mut dconv = vec![0f32; group * s.out_image()];
+        let mut scratch = Scratch::lend(s, &products);
+        let mut dconv = std::mem::take(&mut scratch.images);
         for first in images.clone().step_by(group) {
             let count = group.min(images.end - first);
             let tiles = count * th * tw;
@@ -921,6 +892,7 @@ pub(super) fn backward_with(
             // SAFETY: as above.
             unsafe { transform_input_gradient(s, &scratch.v, stride, dx_g) };
         }
+        scratch.images = dconv;
         (du, db)
     });
     let dw = untransform_weight_gradient(s, &dw, products.transposed_gradient());

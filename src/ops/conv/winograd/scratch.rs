@@ -1,0 +1,130 @@
+//! A worker's scratch for the Winograd convolutions, and the spare ones each thread keeps between
+//! calls: allocating and zeroing them anew for every convolution (several MB each, once per rayon
+//! task) cost a tenth of a ResNet training step in `calloc`'s `memset` and the kernel's page
+//! clearing (docs/performance.md).
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+use super::{ConvShape, POS, Products, bf16, group_size, tiles};
+
+/// A group's scratch: the zero-padded planes of two channels (whose borders the input transforms
+/// never write), the transformed tiles and the output transform's sums, a group of output planes
+/// (the pooled forward's convolution, the backward pass's output gradient), and the bfloat16
+/// operands.
+pub(super) struct Scratch {
+    pub(super) plane: Vec<f32>,
+    pub(super) sums: Vec<f32>,
+    /// `V[k][c][t]`: `16 × in × tiles` (rows of [`Products::stride`] tiles).
+    pub(super) v: Vec<f32>,
+    /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
+    pub(super) m: Vec<f32>,
+    /// `group × out × oh × ow` values.
+    pub(super) images: Vec<f32>,
+    /// The bfloat16 products' operands (empty where the products are `f32`).
+    pub(super) bf16: bf16::Operands,
+}
+
+/// What makes two convolutions' scratch interchangeable: the same sizes, group and precision (the
+/// batch only through the group's tiles). Everything a call relies on in a scratch (the planes'
+/// zero borders, the operands' cleared padding) depends only on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    in_channels: usize,
+    out_channels: usize,
+    height: usize,
+    width: usize,
+    padding: usize,
+    tiles: usize,
+    bf16: bool,
+}
+
+/// Spare scratches a thread keeps, the most recently returned last. A ResNet meets about five
+/// shapes per step; eight leave room for evaluation's and a second model's.
+const SPARES_PER_THREAD: usize = 8;
+
+thread_local! {
+    static SPARES: RefCell<Vec<(Key, Scratch)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    fn new(s: &ConvShape, products: &Products) -> Self {
+        let (th, tw) = tiles(s);
+        let t = group_size(s) * th * tw;
+        let stride = products.stride(t);
+        Scratch {
+            plane: vec![0f32; 2 * (2 * th + 2) * (2 * tw + 2)],
+            sums: vec![0f32; 8 * th * tw],
+            v: vec![0f32; POS * s.in_channels * stride],
+            m: vec![0f32; POS * s.out_channels * stride],
+            images: vec![0f32; group_size(s) * s.out_image()],
+            bf16: match products {
+                Products::F32 { .. } => bf16::Operands::new(s, 0),
+                Products::Bf16 { .. } => bf16::Operands::new(s, t),
+            },
+        }
+    }
+
+    /// A scratch for convolutions of shape `s` with `products`: one of this thread's spares of
+    /// that shape, or a new one. It goes back to the spares of the thread that drops it.
+    pub(super) fn lend(s: &ConvShape, products: &Products) -> Lent {
+        let (th, tw) = tiles(s);
+        let key = Key {
+            in_channels: s.in_channels,
+            out_channels: s.out_channels,
+            height: s.height,
+            width: s.width,
+            padding: s.padding,
+            tiles: group_size(s) * th * tw,
+            bf16: matches!(products, Products::Bf16 { .. }),
+        };
+        let spare = SPARES.with_borrow_mut(|spares| {
+            let at = spares.iter().rposition(|(k, _)| *k == key)?;
+            Some(spares.remove(at).1)
+        });
+        let scratch = spare.unwrap_or_else(|| Scratch::new(s, products));
+        Lent {
+            key,
+            scratch: Some(scratch),
+        }
+    }
+}
+
+/// A scratch lent by [`Scratch::lend`].
+pub(super) struct Lent {
+    key: Key,
+    scratch: Option<Scratch>,
+}
+
+impl Deref for Lent {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        self.scratch
+            .as_ref()
+            .expect("a lent scratch is held until dropped")
+    }
+}
+
+impl DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        self.scratch
+            .as_mut()
+            .expect("a lent scratch is held until dropped")
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(scratch) = self.scratch.take() else {
+            return;
+        };
+        // `try_with`: a thread that is exiting has no spares left to keep it in.
+        let _ = SPARES.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() == SPARES_PER_THREAD {
+                spares.remove(0);
+            }
+            spares.push((self.key, scratch));
+        });
+    }
+}

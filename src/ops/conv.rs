@@ -395,10 +395,7 @@ pub fn backward(
     if let Path::Bf16Im2col = path(s, bf16) {
         return tiles::backward(s, x, weight, dy, need_dx);
     }
-    let dy_of = |i: usize| &dy[i * s.out_image()..(i + 1) * s.out_image()];
-    backward_with(s, x, weight, need_dx, bf16, |i, dconv| {
-        dconv.copy_from_slice(dy_of(i));
-    })
+    backward_with(s, x, weight, need_dx, bf16, &Given::new(s, dy))
 }
 
 /// Gradients of [`forward_pooled`] given the pooled output gradient `dy` and the argmax codes:
@@ -416,24 +413,69 @@ pub fn backward_pooled(
     if let Path::Bf16Im2col = path(s, bf16) {
         return tiles::backward_pooled(s, x, weight, dy, arg, need_dx);
     }
-    let (pixels, pooled, o) = (s.out_pixels(), s.pooled_pixels(), s.out_channels);
-    backward_with(s, x, weight, need_dx, bf16, |i, dconv| {
-        for c in 0..o {
-            let at = (i * o + c) * pooled..(i * o + c + 1) * pooled;
+    let unpooled = Unpooled { s, dy, arg };
+    backward_with(s, x, weight, need_dx, bf16, &unpooled)
+}
+
+/// The gradient with respect to a convolution's output, as the backward passes read it.
+pub(super) trait OutputGradient: Sync {
+    /// The gradients of images `first..first + count` (`[count × out × oh × ow]`): where they
+    /// are, or written into `buffer` (at least that long).
+    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut [f32]) -> &'a [f32];
+}
+
+/// A gradient given whole, read in place.
+pub(super) struct Given<'a> {
+    dy: &'a [f32],
+    /// Values per image.
+    image: usize,
+}
+
+impl<'a> Given<'a> {
+    pub(super) fn new(s: &ConvShape, dy: &'a [f32]) -> Self {
+        Given {
+            dy,
+            image: s.out_image(),
+        }
+    }
+}
+
+impl OutputGradient for Given<'_> {
+    fn images<'a>(&'a self, first: usize, count: usize, _: &'a mut [f32]) -> &'a [f32] {
+        &self.dy[first * self.image..(first + count) * self.image]
+    }
+}
+
+/// The gradient of a convolution followed by 2x2 max pooling: the pooled gradient `dy` routed
+/// to the maxima that `arg` recorded.
+struct Unpooled<'a> {
+    s: &'a ConvShape,
+    dy: &'a [f32],
+    arg: &'a [u8],
+}
+
+impl OutputGradient for Unpooled<'_> {
+    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut [f32]) -> &'a [f32] {
+        let (s, pixels, pooled) = (self.s, self.s.out_pixels(), self.s.pooled_pixels());
+        let planes = first * s.out_channels..(first + count) * s.out_channels;
+        let buffer = &mut buffer[..count * s.out_image()];
+        for (plane, dconv) in planes.zip(buffer.chunks_exact_mut(pixels)) {
+            let at = plane * pooled..(plane + 1) * pooled;
             super::pool::unpool_plane(
-                &dy[at.clone()],
-                &arg[at],
+                &self.dy[at.clone()],
+                &self.arg[at],
                 s.out_height(),
                 s.out_width(),
-                super::as_uninit(&mut dconv[c * pixels..(c + 1) * pixels]),
+                super::as_uninit(dconv),
             );
         }
-    })
+        buffer
+    }
 }
 
 /// The shared backward pass of the Winograd and `f32` im2col paths (bfloat16 products when
-/// `bf16` and Winograd applies). `dconv_of(i, buffer)` writes image `i`'s gradient with respect
-/// to the convolution output (`[out_channels × pixels]`). The batch is split into one task per
+/// `bf16` and Winograd applies), from the gradient with respect to the convolution output. The
+/// batch is split into one task per
 /// thread; each task accumulates its weight and bias gradients (`dy_i · cols_iᵀ`) and writes its
 /// images' input gradients (`col2im(weightᵀ · dy_i)`), all in per-task buffers.
 fn backward_with(
@@ -442,12 +484,12 @@ fn backward_with(
     weight: &[f32],
     need_dx: bool,
     bf16: bool,
-    dconv_of: impl Fn(usize, &mut [f32]) + Sync,
+    gradient: &impl OutputGradient,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (patch, pixels, o) = (s.patch(), s.out_pixels(), s.out_channels);
     #[cfg(target_arch = "x86_64")]
     if let Path::Winograd(precision) = path(s, bf16) {
-        return winograd::backward_with(s, x, weight, need_dx, precision, dconv_of);
+        return winograd::backward_with(s, x, weight, need_dx, precision, gradient);
     }
     let direct = is_direct(s);
     per_task(s, need_dx, o * patch, |images, mut dx_chunk| {
@@ -455,16 +497,16 @@ fn backward_with(
         let mut db = vec![0f32; o];
         let mut cols = vec![0f32; patch * pixels];
         let mut patches = Patches::new(s);
-        let mut dconv = vec![0f32; o * pixels];
+        let mut buffer = vec![0f32; o * pixels];
         for i in images.clone() {
-            dconv_of(i, &mut dconv);
-            add_row_sums(&mut db, &dconv, pixels);
+            let dconv = gradient.images(i, 1, &mut buffer);
+            add_row_sums(&mut db, dconv, pixels);
             let x_i = &x[i * s.in_image()..(i + 1) * s.in_image()];
             #[cfg(target_arch = "x86_64")]
             if direct {
                 patches.pad(s, x_i);
                 // SAFETY: `is_direct` checked that the CPU has AVX-512 F.
-                unsafe { direct::add_weight_gradient(s, &patches.padded, &dconv, pixels, &mut dw) };
+                unsafe { direct::add_weight_gradient(s, &patches.padded, dconv, pixels, &mut dw) };
             }
             if !direct {
                 patches.im2col(s, x_i, &mut cols, pixels);
@@ -475,7 +517,7 @@ fn backward_with(
                     pixels,
                     &mut dw,
                     true,
-                    &dconv,
+                    dconv,
                     (pixels as isize, 1),
                     &cols,
                     (1, pixels as isize),
@@ -492,7 +534,7 @@ fn backward_with(
                     false,
                     weight,
                     (1, patch as isize),
-                    &dconv,
+                    dconv,
                     (pixels as isize, 1),
                     false,
                 );

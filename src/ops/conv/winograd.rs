@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::direct::lanes_mask as mask;
-use super::{ConvShape, add_row_sums, per_task};
+use super::{ConvShape, OutputGradient, add_row_sums, per_task};
 use crate::ops::matmul::matmul;
 use crate::ops::{as_uninit, written};
 use scratch::Scratch;
@@ -850,8 +850,8 @@ fn pick(first: i32) -> std::arch::x86_64::__m512i {
     unsafe { std::arch::x86_64::_mm512_loadu_si512(at.as_ptr().cast()) }
 }
 
-/// The backward pass, as [`super::backward_with`] defines it: `dconv_of(i, buffer)` writes image
-/// `i`'s output gradient. Each worker's images go through in groups: the output gradient and the
+/// The backward pass, as [`super::backward_with`] defines it, from the output gradient
+/// `gradient`. Each worker's images go through in groups: the output gradient and the
 /// recomputed input transforms feed the weight-gradient products `dU[k] += dM[k] · V[k]ᵀ`, and
 /// (when `need_dx`) `dV[k] = U[k]ᵀ · dM[k]` goes back to the images.
 pub(super) fn backward_with(
@@ -860,7 +860,7 @@ pub(super) fn backward_with(
     weight: &[f32],
     need_dx: bool,
     precision: Precision,
-    dconv_of: impl Fn(usize, &mut [f32]) + Sync,
+    gradient: &impl OutputGradient,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let products = Products::new(s, weight, precision);
     let (o_n, c_n, group) = (s.out_channels, s.in_channels, group_size(s));
@@ -869,14 +869,13 @@ pub(super) fn backward_with(
         let mut du = vec![0f32; POS * o_n * c_n];
         let mut db = vec![0f32; o_n];
         let mut scratch = Scratch::lend(s, &products);
-        let mut dconv = std::mem::take(&mut scratch.images);
+        let mut buffer = std::mem::take(&mut scratch.images);
         for first in images.clone().step_by(group) {
             let count = group.min(images.end - first);
             let tiles = count * th * tw;
             let stride = products.stride(tiles);
-            let dconv = &mut dconv[..count * s.out_image()];
-            for (n, dy_i) in dconv.chunks_exact_mut(s.out_image()).enumerate() {
-                dconv_of(first + n, dy_i);
+            let dconv = gradient.images(first, count, &mut buffer);
+            for dy_i in dconv.chunks_exact(s.out_image()) {
                 add_row_sums(&mut db, dy_i, s.out_pixels());
             }
             products.output_gradient(s, dconv, &mut scratch, tiles);
@@ -892,7 +891,7 @@ pub(super) fn backward_with(
             // SAFETY: as above.
             unsafe { transform_input_gradient(s, &scratch.v, stride, dx_g) };
         }
-        scratch.images = dconv;
+        scratch.images = buffer;
         (du, db)
     });
     let dw = untransform_weight_gradient(s, &dw, products.transposed_gradient());
@@ -978,9 +977,7 @@ mod tests {
                 let b = values(s.out_channels, 3);
                 let dy = values(s.batch * s.out_image(), 4);
                 let [out, dw, db, dx] = reference(&s, &x, &w, &b, &dy);
-                let dy_of = |i: usize, buf: &mut [f32]| {
-                    buf.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()])
-                };
+                let dy_of = &crate::ops::conv::Given::new(&s, &dy);
                 let bf16 = Precision::Bf16;
                 let (got, (got_dw, got_db, got_dx)) = amx::with_kernel(kernel, || {
                     (
@@ -1059,9 +1056,7 @@ mod tests {
             let [out, dw, db, dx] = reference(&s, &x, &w, &b, &dy);
             let f32 = Precision::F32;
             assert_close("out", &forward(&s, &x, &w, &b, f32), &out);
-            let dy_of = |i: usize, buf: &mut [f32]| {
-                buf.copy_from_slice(&dy[i * s.out_image()..(i + 1) * s.out_image()])
-            };
+            let dy_of = &crate::ops::conv::Given::new(&s, &dy);
             let (got_dw, got_db, got_dx) = backward_with(&s, &x, &w, true, f32, dy_of);
             assert_close("dweight", &got_dw, &dw);
             assert_close("dbias", &got_db, &db);

@@ -71,6 +71,12 @@ impl Operands {
         }
     }
 
+    /// The bytes the buffers hold.
+    pub(super) fn bytes(&self) -> usize {
+        let words = self.v_pairs.len() + self.dm_pairs.len() + self.dm_t.len();
+        4 * words + 2 * (self.dm_rows.len() + self.v_rows.len())
+    }
+
     /// Clears the padding of the rows of `V` and `dM` past `tiles` (the summed dimension of the
     /// weight gradient), unless the group before had as many tiles.
     fn clear_padding(&mut self, s: &ConvShape, tiles: usize) {

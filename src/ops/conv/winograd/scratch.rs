@@ -39,9 +39,10 @@ struct Key {
     bf16: bool,
 }
 
-/// Spare scratches a thread keeps, the most recently returned last. A ResNet meets about five
-/// shapes per step; eight leave room for evaluation's and a second model's.
-const SPARES_PER_THREAD: usize = 8;
+/// The bytes of spare scratch a thread keeps, the most recently returned last (the oldest go
+/// first beyond that). The `best` ResNet's five shapes take about 40 MB per thread; a wider
+/// network keeps its largest shapes.
+const SPARE_BYTES_PER_THREAD: usize = 64 << 20;
 
 thread_local! {
     static SPARES: RefCell<Vec<(Key, Scratch)>> = const { RefCell::new(Vec::new()) };
@@ -63,6 +64,12 @@ impl Scratch {
                 Products::Bf16 { .. } => bf16::Operands::new(s, t),
             },
         }
+    }
+
+    /// The bytes the buffers hold.
+    fn bytes(&self) -> usize {
+        let floats = self.plane.len() + self.sums.len() + self.v.len() + self.m.len();
+        4 * (floats + self.images.len()) + self.bf16.bytes()
     }
 
     /// A scratch for convolutions of shape `s` with `products`: one of this thread's spares of
@@ -121,10 +128,80 @@ impl Drop for Lent {
         // `try_with`: a thread that is exiting has no spares left to keep it in.
         let _ = SPARES.try_with(|spares| {
             let mut spares = spares.borrow_mut();
-            if spares.len() == SPARES_PER_THREAD {
-                spares.remove(0);
-            }
             spares.push((self.key, scratch));
+            keep_newest(&mut spares, SPARE_BYTES_PER_THREAD);
         });
+    }
+}
+
+/// Keeps the newest spares (the last) whose bytes fit `budget` together, dropping the older ones;
+/// a scratch larger than the budget is not kept at all.
+fn keep_newest(spares: &mut Vec<(Key, Scratch)>, budget: usize) {
+    let mut kept = 0;
+    let fit = spares.iter().rev().take_while(|(_, spare)| {
+        kept += spare.bytes();
+        kept <= budget
+    });
+    let older = spares.len() - fit.count();
+    spares.drain(..older);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Precision;
+    use super::*;
+
+    fn shape(channels: usize) -> ConvShape {
+        ConvShape {
+            batch: 8,
+            in_channels: channels,
+            out_channels: channels,
+            height: 14,
+            width: 14,
+            kernel: 3,
+            padding: 1,
+        }
+    }
+
+    /// A scratch given back is lent again for the same shape, not while it is held, and not
+    /// for another shape.
+    #[test]
+    fn a_returned_scratch_is_lent_again_for_its_shape() {
+        let s = shape(32);
+        let products = Products::new(&s, &vec![0.01; 32 * 32 * 9], Precision::F32);
+        let first = Scratch::lend(&s, &products).v.as_ptr();
+        let again = Scratch::lend(&s, &products);
+        assert_eq!(again.v.as_ptr(), first);
+        let meanwhile = Scratch::lend(&s, &products);
+        assert_ne!(meanwhile.v.as_ptr(), first);
+        drop((again, meanwhile));
+        let wider = shape(64);
+        let products = Products::new(&wider, &vec![0.01; 64 * 64 * 9], Precision::F32);
+        assert_ne!(Scratch::lend(&wider, &products).v.as_ptr(), first);
+    }
+
+    /// Beyond the budget the oldest spares go first.
+    #[test]
+    fn the_newest_spares_that_fit_are_kept() {
+        let s = shape(32);
+        let products = Products::new(&s, &vec![0.01; 32 * 32 * 9], Precision::F32);
+        let key = |tiles| Key {
+            in_channels: 32,
+            out_channels: 32,
+            height: 14,
+            width: 14,
+            padding: 1,
+            tiles,
+            bf16: false,
+        };
+        let mut spares: Vec<_> = (1..=3)
+            .map(|n| (key(n), Scratch::new(&s, &products)))
+            .collect();
+        let each = spares[0].1.bytes();
+        keep_newest(&mut spares, 2 * each + each / 2);
+        let kept: Vec<_> = spares.iter().map(|(k, _)| k.tiles).collect();
+        assert_eq!(kept, [2, 3]);
+        keep_newest(&mut spares, each / 2);
+        assert!(spares.is_empty());
     }
 }

@@ -475,9 +475,9 @@ impl OutputGradient for Unpooled<'_> {
 
 /// The shared backward pass of the Winograd and `f32` im2col paths (bfloat16 products when
 /// `bf16` and Winograd applies), from the gradient with respect to the convolution output. The
-/// batch is split into one task per
-/// thread; each task accumulates its weight and bias gradients (`dy_i · cols_iᵀ`) and writes its
-/// images' input gradients (`col2im(weightᵀ · dy_i)`), all in per-task buffers.
+/// batch is split into one task per thread; each task accumulates its weight and bias gradients
+/// (`dy_i · cols_iᵀ`) and writes its images' input gradients (`col2im(weightᵀ · dy_i)`), all in
+/// per-task buffers.
 fn backward_with(
     s: &ConvShape,
     x: &[f32],

@@ -122,7 +122,8 @@ impl DerefMut for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let Some(scratch) = self.scratch.take() else {
+        // A scratch whose image buffer is out (dropped while unwinding from a panic) is not kept.
+        let Some(scratch) = self.scratch.take().filter(|s| !s.images.is_empty()) else {
             return;
         };
         // `try_with`: a thread that is exiting has no spares left to keep it in.

@@ -270,3 +270,41 @@ fn bad_run_directories_and_outputs() {
         &["--name: run name \"a/b\" is not a plain name"],
     );
 }
+
+/// A checkpoint that says every epoch ran but records none (written by another tool, or edited)
+/// is refused with the run's directory and the fix, not a panic when the run ends.
+#[test]
+fn a_checkpoint_without_epochs_is_refused() {
+    use fmnist::training::checkpoint::Checkpoint;
+    let data = TempDir::new("no-epoch-data");
+    write_synthetic(data.path(), 256, 64);
+    let runs = TempDir::new("no-epoch-runs");
+    let run = runs.path().join("lin");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "seed-linear",
+            "--epochs",
+            "1",
+            "--no-verify",
+        ];
+        args.extend(["--data-dir", data.path().to_str().unwrap()]);
+        args.extend(["--runs-dir", runs.path().to_str().unwrap(), "--name", "lin"]);
+        args.extend(extra);
+        fmnist(&args)
+    };
+    let out = train(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut checkpoint = Checkpoint::load(&run).unwrap();
+    checkpoint.position.finished = false;
+    checkpoint.position.history.epochs.clear();
+    checkpoint.save(&run).unwrap();
+    let resume = ["train", "--resume", run.to_str().unwrap(), "--no-verify"];
+    let out = fmnist(&[&resume[..], &["--data-dir", data.path().to_str().unwrap()]].concat());
+    assert_error(&out, 2, &["lin", "records no epoch", "--overwrite"]);
+}

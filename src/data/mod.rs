@@ -164,7 +164,11 @@ pub fn load(location: Location, verify: bool) -> Result<FashionMnist> {
         let train =
             s.spawn(|| Ok::<_, Error>((read(files::TRAIN_IMAGES)?, read(files::TRAIN_LABELS)?)));
         let test = (|| Ok::<_, Error>((read(files::TEST_IMAGES)?, read(files::TEST_LABELS)?)))();
-        (train.join().expect("loader thread panicked"), test)
+        // A panic in the loader thread is a bug: it goes on unwinding here with its own message.
+        let train = train
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (train, test)
     });
     let ((train_img_path, train_img, v0), (train_lbl_path, train_lbl, v1)) = train?;
     let ((test_img_path, test_img, v2), (test_lbl_path, test_lbl, v3)) = test?;

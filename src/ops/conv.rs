@@ -420,8 +420,8 @@ pub fn backward_pooled(
 /// The gradient with respect to a convolution's output, as the backward passes read it.
 pub(super) trait OutputGradient: Sync {
     /// The gradients of images `first..first + count` (`[count × out × oh × ow]`): where they
-    /// are, or written into `buffer` (at least that long).
-    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut [f32]) -> &'a [f32];
+    /// are, or written into `buffer` (grown to that length when shorter).
+    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut Vec<f32>) -> &'a [f32];
 }
 
 /// A gradient given whole, read in place.
@@ -441,7 +441,7 @@ impl<'a> Given<'a> {
 }
 
 impl OutputGradient for Given<'_> {
-    fn images<'a>(&'a self, first: usize, count: usize, _: &'a mut [f32]) -> &'a [f32] {
+    fn images<'a>(&'a self, first: usize, count: usize, _: &'a mut Vec<f32>) -> &'a [f32] {
         &self.dy[first * self.image..(first + count) * self.image]
     }
 }
@@ -455,9 +455,12 @@ struct Unpooled<'a> {
 }
 
 impl OutputGradient for Unpooled<'_> {
-    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut [f32]) -> &'a [f32] {
+    fn images<'a>(&'a self, first: usize, count: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
         let (s, pixels, pooled) = (self.s, self.s.out_pixels(), self.s.pooled_pixels());
         let planes = first * s.out_channels..(first + count) * s.out_channels;
+        if buffer.len() < count * s.out_image() {
+            buffer.resize(count * s.out_image(), 0.0);
+        }
         let buffer = &mut buffer[..count * s.out_image()];
         for (plane, dconv) in planes.zip(buffer.chunks_exact_mut(pixels)) {
             let at = plane * pooled..(plane + 1) * pooled;
@@ -497,7 +500,8 @@ fn backward_with(
         let mut db = vec![0f32; o];
         let mut cols = vec![0f32; patch * pixels];
         let mut patches = Patches::new(s);
-        let mut buffer = vec![0f32; o * pixels];
+        // Only a gradient that is not given whole is written here (grown on first use).
+        let mut buffer = Vec::new();
         for i in images.clone() {
             let dconv = gradient.images(i, 1, &mut buffer);
             add_row_sums(&mut db, dconv, pixels);

@@ -123,10 +123,8 @@ mod tests {
                     let plane = &x[p * height * width..];
                     let block = [(0, 0), (0, 1), (1, 0), (1, 1)];
                     let at = |(dy, dx): (usize, usize)| (2 * oy + dy) * width + 2 * ox + dx;
-                    let top = block
-                        .into_iter()
-                        .reduce(|a, b| if plane[at(b)] > plane[at(a)] { b } else { a })
-                        .unwrap();
+                    let first_max = |a, b| if plane[at(b)] > plane[at(a)] { b } else { a };
+                    let top = block[1..].iter().copied().fold(block[0], first_max);
                     want[p * height * width + at(top)] = dy[(p * oh + oy) * ow + ox];
                 }
             }

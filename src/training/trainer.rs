@@ -579,8 +579,15 @@ impl<'a> Trainer<'a> {
     fn finish(&self, position: &Position, model: Model) -> Result<RunResult> {
         let (config, run) = (self.config, self.run);
         let history = &position.history;
-        let best = history.best().cloned().expect("at least one epoch ran");
-        let last = history.last().cloned().expect("at least one epoch ran");
+        // Only a checkpoint written elsewhere (or edited) ends a run before its first epoch.
+        let no_epoch = || Error::Run {
+            path: run.path.clone(),
+            reason: "the checkpoint says the run ended but records no epoch; train it again with \
+                     --overwrite"
+                .into(),
+        };
+        let best = history.best().cloned().ok_or_else(no_epoch)?;
+        let last = history.last().cloned().ok_or_else(no_epoch)?;
         let stopped_early = history.epochs.len() < config.epochs;
         let restore = config.early_stopping.patience > 0 && config.early_stopping.restore_best;
         let final_model = if restore {

@@ -22,7 +22,7 @@ use super::direct::lanes_mask as mask;
 use super::{ConvShape, OutputGradient, add_row_sums, per_task};
 use crate::ops::matmul::matmul;
 use crate::ops::{as_uninit, written};
-use scratch::Scratch;
+use scratch::{Scratch, Work};
 
 /// Positions of a transformed tile.
 const POS: usize = 16;
@@ -155,7 +155,7 @@ impl Products {
 
     /// The input transforms `V` of the images `x_g` (`tiles` tiles), then `M[k] = U[k] · V[k]`
     /// for the 16 positions: `[out × in] · [in × tiles]` into `scratch.m`.
-    fn forward(&self, s: &ConvShape, x_g: &[f32], scratch: &mut Scratch, tiles: usize) {
+    fn forward(&self, s: &ConvShape, x_g: &[f32], scratch: &mut Work, tiles: usize) {
         let stride = self.stride(tiles);
         match self {
             Products::F32 { u } => {
@@ -175,7 +175,7 @@ impl Products {
 
     /// The output-gradient transforms `dM` of the group's gradient `dconv` (`tiles` tiles):
     /// `scratch.m` in `f32`, the bfloat16 operands otherwise.
-    fn output_gradient(&self, s: &ConvShape, dconv: &[f32], scratch: &mut Scratch, tiles: usize) {
+    fn output_gradient(&self, s: &ConvShape, dconv: &[f32], scratch: &mut Work, tiles: usize) {
         match self {
             // SAFETY: `supports` checked that the CPU has AVX-512 F.
             Products::F32 { .. } => unsafe {
@@ -192,7 +192,7 @@ impl Products {
 
     /// The input transforms `V` of the images `x_g` (`tiles` tiles) for [`Self::weight_gradient`]:
     /// `scratch.v` in `f32`, bfloat16 rows along the tiles otherwise.
-    fn gradient_input(&self, s: &ConvShape, x_g: &[f32], scratch: &mut Scratch, tiles: usize) {
+    fn gradient_input(&self, s: &ConvShape, x_g: &[f32], scratch: &mut Work, tiles: usize) {
         match self {
             Products::F32 { .. } => {
                 let stride = self.stride(tiles);
@@ -209,7 +209,7 @@ impl Products {
 
     /// `dU[k] += dM[k] · V[k]ᵀ`, `V` from [`Self::gradient_input`]; `dU[k]ᵀ` where
     /// [`Self::transposed_gradient`].
-    fn weight_gradient(&self, s: &ConvShape, scratch: &mut Scratch, du: &mut [f32], tiles: usize) {
+    fn weight_gradient(&self, s: &ConvShape, scratch: &mut Work, du: &mut [f32], tiles: usize) {
         match self {
             Products::F32 { .. } => f32_weight_gradient(s, &scratch.m, &scratch.v, du, tiles),
             Products::Bf16 { .. } => bf16::weight_gradient(s, du, tiles, &mut scratch.bf16),
@@ -222,7 +222,7 @@ impl Products {
     }
 
     /// `dV[k] = U[k]ᵀ · dM[k]` into `scratch.v`.
-    fn input_gradient(&self, s: &ConvShape, scratch: &mut Scratch, tiles: usize) {
+    fn input_gradient(&self, s: &ConvShape, scratch: &mut Work, tiles: usize) {
         match self {
             Products::F32 { u } => f32_input_gradient(s, u, &scratch.m, &mut scratch.v, tiles),
             Products::Bf16 { u } => {
@@ -529,7 +529,7 @@ fn forward_group(
     s: &ConvShape,
     products: &Products,
     bias: &[f32],
-    scratch: &mut Scratch,
+    scratch: &mut Work,
     x_g: &[f32],
     out_g: &mut [MaybeUninit<f32>],
 ) {
@@ -556,7 +556,9 @@ pub(super) fn forward(
             .zip(x.par_chunks(group * s.in_image()))
             .for_each_init(
                 || Scratch::lend(s, &products),
-                |scratch, (out_g, x_g)| forward_group(s, &products, bias, scratch, x_g, out_g),
+                |scratch, (out_g, x_g)| {
+                    forward_group(s, &products, bias, &mut scratch.work, x_g, out_g)
+                },
             )
     };
     // SAFETY: the chunks cover `out`, and `transform_output` writes every value of its images.
@@ -583,9 +585,9 @@ pub(super) fn forward_pooled(
         .for_each_init(
             || Scratch::lend(s, &products),
             |scratch, ((out_g, arg_g), x_g)| {
-                let mut conv = std::mem::take(&mut scratch.images);
-                let images = &mut conv[..x_g.len() / s.in_image() * s.out_image()];
-                forward_group(s, &products, bias, scratch, x_g, as_uninit(images));
+                let Scratch { work, images } = &mut **scratch;
+                let images = &mut images[..x_g.len() / s.in_image() * s.out_image()];
+                forward_group(s, &products, bias, work, x_g, as_uninit(images));
                 for ((conv_i, out_i), arg_i) in images
                     .chunks_exact(s.out_image())
                     .zip(out_g.chunks_exact_mut(per_image))
@@ -593,7 +595,6 @@ pub(super) fn forward_pooled(
                 {
                     super::pool_image(s, conv_i, (s.out_pixels(), s.out_width()), out_i, arg_i);
                 }
-                scratch.images = conv;
             },
         );
     (out, arg)
@@ -869,29 +870,31 @@ pub(super) fn backward_with(
         let mut du = vec![0f32; POS * o_n * c_n];
         let mut db = vec![0f32; o_n];
         let mut scratch = Scratch::lend(s, &products);
-        let mut buffer = std::mem::take(&mut scratch.images);
+        let Scratch {
+            work,
+            images: buffer,
+        } = &mut *scratch;
         for first in images.clone().step_by(group) {
             let count = group.min(images.end - first);
             let tiles = count * th * tw;
             let stride = products.stride(tiles);
-            let dconv = gradient.images(first, count, &mut buffer);
+            let dconv = gradient.images(first, count, buffer);
             for dy_i in dconv.chunks_exact(s.out_image()) {
                 add_row_sums(&mut db, dy_i, s.out_pixels());
             }
-            products.output_gradient(s, dconv, &mut scratch, tiles);
+            products.output_gradient(s, dconv, work, tiles);
             let x_g = &x[first * s.in_image()..(first + count) * s.in_image()];
-            products.gradient_input(s, x_g, &mut scratch, tiles);
-            products.weight_gradient(s, &mut scratch, &mut du, tiles);
+            products.gradient_input(s, x_g, work, tiles);
+            products.weight_gradient(s, work, &mut du, tiles);
             let Some(dx_chunk) = dx_chunk.as_deref_mut() else {
                 continue;
             };
-            products.input_gradient(s, &mut scratch, tiles);
+            products.input_gradient(s, work, tiles);
             let local = (first - images.start) * s.in_image();
             let dx_g = &mut dx_chunk[local..local + count * s.in_image()];
             // SAFETY: as above.
-            unsafe { transform_input_gradient(s, &scratch.v, stride, dx_g) };
+            unsafe { transform_input_gradient(s, &work.v, stride, dx_g) };
         }
-        scratch.images = buffer;
         (du, db)
     });
     let dw = untransform_weight_gradient(s, &dw, products.transposed_gradient());

@@ -4,23 +4,29 @@
 //! clearing (docs/performance.md).
 
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 
 use super::{ConvShape, POS, Products, bf16, group_size, tiles};
 
-/// A group's scratch: the zero-padded planes of two channels (whose borders the input transforms
-/// never write), the transformed tiles and the output transform's sums, a group of output planes
-/// (the pooled forward's convolution, the backward pass's output gradient), and the bfloat16
-/// operands.
+/// A worker's scratch: the products' [`Work`] and a group of output planes (the pooled forward's
+/// convolution, the backward pass's output gradient), apart so that both can be borrowed at once.
 pub(super) struct Scratch {
+    pub(super) work: Work,
+    /// `group × out × oh × ow` values.
+    pub(super) images: Vec<f32>,
+}
+
+/// A group's transforms and products: the zero-padded planes of two channels (whose borders the
+/// input transforms never write), the transformed tiles and the output transform's sums, and the
+/// bfloat16 operands.
+pub(super) struct Work {
     pub(super) plane: Vec<f32>,
     pub(super) sums: Vec<f32>,
     /// `V[k][c][t]`: `16 × in × tiles` (rows of [`Products::stride`] tiles).
     pub(super) v: Vec<f32>,
     /// `M[k][o][t]` (or `dM`): `16 × out × tiles`.
     pub(super) m: Vec<f32>,
-    /// `group × out × oh × ow` values.
-    pub(super) images: Vec<f32>,
     /// The bfloat16 products' operands (empty where the products are `f32`).
     pub(super) bf16: bf16::Operands,
 }
@@ -30,11 +36,8 @@ pub(super) struct Scratch {
 /// zero borders, the operands' cleared padding) depends only on these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
-    in_channels: usize,
-    out_channels: usize,
-    height: usize,
-    width: usize,
-    padding: usize,
+    /// The convolution's shape with the batch set to 0.
+    shape: ConvShape,
     tiles: usize,
     bf16: bool,
 }
@@ -53,23 +56,27 @@ impl Scratch {
         let (th, tw) = tiles(s);
         let t = group_size(s) * th * tw;
         let stride = products.stride(t);
-        Scratch {
+        let work = Work {
             plane: vec![0f32; 2 * (2 * th + 2) * (2 * tw + 2)],
             sums: vec![0f32; 8 * th * tw],
             v: vec![0f32; POS * s.in_channels * stride],
             m: vec![0f32; POS * s.out_channels * stride],
-            images: vec![0f32; group_size(s) * s.out_image()],
             bf16: match products {
                 Products::F32 { .. } => bf16::Operands::new(s, 0),
                 Products::Bf16 { .. } => bf16::Operands::new(s, t),
             },
+        };
+        Scratch {
+            work,
+            images: vec![0f32; group_size(s) * s.out_image()],
         }
     }
 
     /// The bytes the buffers hold.
     fn bytes(&self) -> usize {
-        let floats = self.plane.len() + self.sums.len() + self.v.len() + self.m.len();
-        4 * (floats + self.images.len()) + self.bf16.bytes()
+        let w = &self.work;
+        let floats = w.plane.len() + w.sums.len() + w.v.len() + w.m.len() + self.images.len();
+        4 * floats + w.bf16.bytes()
     }
 
     /// A scratch for convolutions of shape `s` with `products`: one of this thread's spares of
@@ -77,11 +84,7 @@ impl Scratch {
     pub(super) fn lend(s: &ConvShape, products: &Products) -> Lent {
         let (th, tw) = tiles(s);
         let key = Key {
-            in_channels: s.in_channels,
-            out_channels: s.out_channels,
-            height: s.height,
-            width: s.width,
-            padding: s.padding,
+            shape: ConvShape { batch: 0, ..*s },
             tiles: group_size(s) * th * tw,
             bf16: matches!(products, Products::Bf16 { .. }),
         };
@@ -92,7 +95,7 @@ impl Scratch {
         let scratch = spare.unwrap_or_else(|| Scratch::new(s, products));
         Lent {
             key,
-            scratch: Some(scratch),
+            scratch: ManuallyDrop::new(scratch),
         }
     }
 }
@@ -100,32 +103,27 @@ impl Scratch {
 /// A scratch lent by [`Scratch::lend`].
 pub(super) struct Lent {
     key: Key,
-    scratch: Option<Scratch>,
+    /// Moved out only by `drop`.
+    scratch: ManuallyDrop<Scratch>,
 }
 
 impl Deref for Lent {
     type Target = Scratch;
     fn deref(&self) -> &Scratch {
-        self.scratch
-            .as_ref()
-            .expect("a lent scratch is held until dropped")
+        &self.scratch
     }
 }
 
 impl DerefMut for Lent {
     fn deref_mut(&mut self) -> &mut Scratch {
-        self.scratch
-            .as_mut()
-            .expect("a lent scratch is held until dropped")
+        &mut self.scratch
     }
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        // A scratch whose image buffer is out (dropped while unwinding from a panic) is not kept.
-        let Some(scratch) = self.scratch.take().filter(|s| !s.images.is_empty()) else {
-            return;
-        };
+        // SAFETY: `drop` runs once, and nothing reads `self.scratch` after this.
+        let scratch = unsafe { ManuallyDrop::take(&mut self.scratch) };
         // `try_with`: a thread that is exiting has no spares left to keep it in.
         let _ = SPARES.try_with(|spares| {
             let mut spares = spares.borrow_mut();
@@ -170,15 +168,15 @@ mod tests {
     fn a_returned_scratch_is_lent_again_for_its_shape() {
         let s = shape(32);
         let products = Products::new(&s, &vec![0.01; 32 * 32 * 9], Precision::F32);
-        let first = Scratch::lend(&s, &products).v.as_ptr();
+        let first = Scratch::lend(&s, &products).work.v.as_ptr();
         let again = Scratch::lend(&s, &products);
-        assert_eq!(again.v.as_ptr(), first);
+        assert_eq!(again.work.v.as_ptr(), first);
         let meanwhile = Scratch::lend(&s, &products);
-        assert_ne!(meanwhile.v.as_ptr(), first);
+        assert_ne!(meanwhile.work.v.as_ptr(), first);
         drop((again, meanwhile));
         let wider = shape(64);
         let products = Products::new(&wider, &vec![0.01; 64 * 64 * 9], Precision::F32);
-        assert_ne!(Scratch::lend(&wider, &products).v.as_ptr(), first);
+        assert_ne!(Scratch::lend(&wider, &products).work.v.as_ptr(), first);
     }
 
     /// Beyond the budget the oldest spares go first.
@@ -187,11 +185,7 @@ mod tests {
         let s = shape(32);
         let products = Products::new(&s, &vec![0.01; 32 * 32 * 9], Precision::F32);
         let key = |tiles| Key {
-            in_channels: 32,
-            out_channels: 32,
-            height: 14,
-            width: 14,
-            padding: 1,
+            shape: s,
             tiles,
             bf16: false,
         };

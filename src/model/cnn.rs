@@ -212,11 +212,14 @@ impl ConvNet {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let mut x = images;
         for stage in &self.stages {
-            let (last, first) = stage.split_last().expect("a stage has a convolution");
-            for block in first {
-                x = block.forward(x);
+            // The stage's last convolution pools: [batch, c, h/2, w/2] after it.
+            for (i, block) in stage.iter().enumerate() {
+                x = if i + 1 == stage.len() {
+                    block.forward_pooled(x)
+                } else {
+                    block.forward(x)
+                };
             }
-            x = last.forward_pooled(x); // [batch, c, h/2, w/2]
         }
         let mut x: Tensor<2> = x.flatten(1, 3); // [batch, c * h * w]
         if let Some(hidden) = &self.hidden {
